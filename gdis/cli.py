@@ -1,0 +1,207 @@
+"""The ``gdis`` command line: one program, one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from gdis import __version__
+
+log = logging.getLogger("gdis")
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", nargs="+", required=True, metavar="YAML",
+                        help="config file(s), merged in order (later ones win), validated against the schema")
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"label percentage must be in (0, 100], got {text}")
+    return value
+
+
+def _threads(config: dict, section: str) -> None:
+    import torch
+
+    torch.set_num_threads(config[section]["threads"])
+
+
+def cmd_check_config(args) -> None:
+    import yaml
+
+    from gdis.config import load_config
+
+    print(yaml.safe_dump(load_config(args.config), sort_keys=False), end="")
+
+
+def cmd_synthesize(args) -> None:
+    from gdis.config import load_config
+    from gdis.synthetic import SyntheticSpec, generate_synthetic_dataset
+
+    config = load_config(args.config)
+    if config["dataset"]["source"] != "synthetic":
+        raise ValueError("dataset.source is not 'synthetic': nothing to generate")
+    generate_synthetic_dataset(args.out_dir, SyntheticSpec(**config["dataset"]["synthetic"]))
+    log.info("wrote the synthetic dataset to %s", args.out_dir)
+
+
+def cmd_split(args) -> None:
+    from gdis.config import dataset_paths, load_config
+    from gdis.splits import write_split
+
+    config = load_config(args.config)
+    splits = config["splits"]
+    manifest = write_split(dataset_paths(config)["train_annotations"], args.out_dir, args.label_percent, args.fold,
+                           splits["seed"], splits["unlabeled"])
+    log.info("split %s%% fold %d: %d of %d images labelled, %d unlabelled -> %s", args.label_percent, args.fold,
+             manifest["num_labeled"], manifest["num_images"], manifest["num_unlabeled"], args.out_dir)
+
+
+def cmd_train(args) -> None:
+    from gdis.config import dataset_paths, load_config
+    from gdis.engine import Trainer
+
+    config = load_config(args.config)
+    _threads(config, "train")
+    split_dir = Path(args.split_dir)
+    Trainer(
+        config, args.method, split_dir / "labeled.json", split_dir / "unlabeled.json",
+        dataset_paths(config)["train_images"], args.out_dir, teacher_checkpoint=args.teacher,
+        run_info={"label_percent": args.label_percent, "fold": args.fold, "split_dir": str(split_dir)},
+    ).run()
+
+
+def cmd_evaluate(args) -> None:
+    from gdis.config import dataset_paths, load_config
+    from gdis.engine import load_network
+    from gdis.evaluate import evaluate_network
+    from gdis.io import read_json, write_json
+
+    config = load_config(args.config)
+    _threads(config, "evaluate")
+    checkpoint = Path(args.checkpoint)
+    run = read_json(checkpoint.with_name("run.json"), "run record")
+    model, state = load_network(checkpoint, args.model, config["model"])
+    paths = dataset_paths(config)
+    metrics = evaluate_network(model, state["category_ids"], paths["val_annotations"], paths["val_images"],
+                               args.predictions, config["evaluate"]["batch_size"])
+    row = {
+        "dataset": config["dataset"]["name"], "arch": config["model"]["arch"], "backbone": config["model"]["backbone"],
+        "weights": run["weights"], "method": state["method"], "label_percent": run["label_percent"],
+        "fold": run["fold"], "model": args.model, "iteration": state["step"], **metrics,
+    }
+    write_json(args.metrics, row, indent=1)
+    log.info("%s %s: mask AP %.2f, box AP %.2f -> %s", state["method"], args.model, metrics["mask_AP"],
+             metrics["box_AP"], args.metrics)
+
+
+def cmd_table(args) -> None:
+    from gdis.report import write_table
+
+    write_table(args.metrics, args.csv, args.markdown)
+    log.info("wrote %s and %s", args.csv, args.markdown)
+
+
+def cmd_plot(args) -> None:
+    import pandas as pd
+
+    from gdis.report import plot_ap_vs_labels
+
+    plot_ap_vs_labels(pd.read_csv(args.table), args.out, args.title)
+
+
+def cmd_curves(args) -> None:
+    from gdis.report import plot_training_curves
+
+    logs = {}
+    for item in args.log:
+        label, sep, path = item.rpartition("=")
+        if not sep:
+            raise ValueError(f"--log expects LABEL=PATH, got {item!r}")
+        logs[label] = Path(path)
+    plot_training_curves(logs, args.out, args.title)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gdis", description="Semi-supervised instance segmentation by Guided Distillation.")
+    parser.add_argument("--version", action="version", version=f"gdis {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub = commands.add_parser("check-config", help="validate config files and print the merged config with defaults")
+    _add_config(sub)
+    sub.set_defaults(func=cmd_check_config)
+
+    sub = commands.add_parser("synthesize", help="generate the built-in synthetic dataset (COCO format)")
+    _add_config(sub)
+    sub.add_argument("--out-dir", required=True, help="dataset folder to create (replaced atomically)")
+    sub.set_defaults(func=cmd_synthesize)
+
+    sub = commands.add_parser("split", help="draw a seeded label split of the training annotations")
+    _add_config(sub)
+    sub.add_argument("--label-percent", type=_percent, required=True, help="percentage of labelled images, e.g. 0.4")
+    sub.add_argument("--fold", type=int, required=True, help="fold number (seeds the draw)")
+    sub.add_argument("--out-dir", required=True, help="writes labeled.json, unlabeled.json and manifest.json here")
+    sub.set_defaults(func=cmd_split)
+
+    sub = commands.add_parser("train", help="train one network: supervised, standard_burnin or guided_distillation")
+    _add_config(sub)
+    sub.add_argument("--method", required=True, choices=["supervised", "standard_burnin", "guided_distillation"])
+    sub.add_argument("--label-percent", type=_percent, required=True)
+    sub.add_argument("--fold", type=int, required=True)
+    sub.add_argument("--split-dir", required=True, help="folder written by 'gdis split'")
+    sub.add_argument("--teacher", help="pre-trained teacher checkpoint (guided_distillation: the supervised model)")
+    sub.add_argument("--out-dir", required=True, help="writes model_final.pt, train_log.jsonl and run.json here")
+    sub.set_defaults(func=cmd_train)
+
+    sub = commands.add_parser("evaluate", help="COCO mask and box AP of a checkpoint on the val set")
+    _add_config(sub)
+    sub.add_argument("--checkpoint", required=True, help="model_final.pt written by 'gdis train'")
+    sub.add_argument("--model", required=True, choices=["student", "ema_teacher"], help="which network to evaluate")
+    sub.add_argument("--predictions", required=True, help="COCO results JSON to write")
+    sub.add_argument("--metrics", required=True, help="metrics JSON to write")
+    sub.set_defaults(func=cmd_evaluate)
+
+    sub = commands.add_parser("table", help="collect metrics files into a tidy CSV and a paper-style Markdown table")
+    sub.add_argument("--metrics", nargs="+", required=True, help="metrics JSON files written by 'gdis evaluate'")
+    sub.add_argument("--csv", required=True)
+    sub.add_argument("--markdown", required=True)
+    sub.set_defaults(func=cmd_table)
+
+    sub = commands.add_parser("plot", help="mask AP against label percentage, one line per method")
+    sub.add_argument("--table", required=True, help="CSV written by 'gdis table'")
+    sub.add_argument("--out", required=True, help="PNG to write")
+    sub.add_argument("--title", default="Mask AP vs labelled fraction")
+    sub.set_defaults(func=cmd_plot)
+
+    sub = commands.add_parser("curves", help="training curves (losses, pseudo-labels per image, learning rate)")
+    sub.add_argument("--log", nargs="+", required=True, metavar="LABEL=PATH", help="train_log.jsonl files with labels")
+    sub.add_argument("--out", required=True, help="PNG to write")
+    sub.add_argument("--title", default="Training curves")
+    sub.set_defaults(func=cmd_curves)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
+        if args.verbose:
+            raise
+        print(f"gdis {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

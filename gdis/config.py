@@ -1,0 +1,152 @@
+"""Load, merge and validate experiment configuration against the JSON schema in workflow/schemas."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Iterable
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+DISTILLATION_METHODS = ("standard_burnin", "guided_distillation")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, mistyped or inconsistent; the message names the key."""
+
+
+@functools.cache
+def load_schema() -> dict:
+    with SCHEMA_PATH.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Merge ``override`` into a copy of ``base``, recursing into nested mappings (Snakemake's rule)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def load_config(paths: Iterable[str | Path]) -> dict:
+    """Merge the YAML files in order (later ones win) and validate the result."""
+    merged: dict = {}
+    for path in paths:
+        merged = deep_merge(merged, read_yaml(path))
+    return validate_config(merged)
+
+
+def _fill_defaults(schema: dict, data: dict) -> None:
+    for key, subschema in schema.get("properties", {}).items():
+        if key not in data and "default" in subschema:
+            data[key] = copy.deepcopy(subschema["default"])
+        if isinstance(data.get(key), dict) and subschema.get("type") == "object":
+            _fill_defaults(subschema, data[key])
+
+
+def _key_of(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key_of(error)
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        prefix = "" if key == "<top level>" else key + "."
+        known = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"unknown key {', '.join(prefix + name for name in unknown)} (known keys here: {known})"
+    if error.validator == "required":
+        return f"{key}: {error.message}"
+    expected = error.schema.get("description", "")
+    return f"{key}: {error.message}" + (f" — expected: {expected}" if expected else "")
+
+
+def validate_config(config: dict) -> dict:
+    """Return a validated copy of ``config`` with defaults filled in, or raise ConfigError naming every bad key."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"the configuration must be a mapping, not {type(config).__name__}")
+    schema = load_schema()
+    filled = copy.deepcopy(config)
+    _fill_defaults(schema, filled)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(filled), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
+    _check_cross_fields(filled)
+    return filled
+
+
+def _check_cross_fields(config: dict) -> None:
+    problems = []
+    dataset = config["dataset"]
+    if dataset["source"] == "coco":
+        for key in ("train_images", "train_annotations", "val_images", "val_annotations"):
+            if not dataset.get(key):
+                problems.append(f"dataset.{key}: required when dataset.source is 'coco'")
+    synthetic = dataset.get("synthetic", {})
+    if dataset["source"] == "synthetic":
+        if synthetic["min_objects"] > synthetic["max_objects"]:
+            problems.append("dataset.synthetic.min_objects: must not exceed dataset.synthetic.max_objects")
+        if synthetic["min_object_size"] > synthetic["max_object_size"]:
+            problems.append("dataset.synthetic.min_object_size: must not exceed dataset.synthetic.max_object_size")
+    percents = config["splits"]["label_percents"]
+    if len(set(percents)) != len(percents):
+        problems.append(f"splits.label_percents: {percents} lists a percentage twice")
+    if len(set(config["splits"]["folds"])) != len(config["splits"]["folds"]):
+        problems.append(f"splits.folds: {config['splits']['folds']} lists a fold twice")
+    train = config["train"]
+    if any(method in DISTILLATION_METHODS for method in config["methods"]) and train["burn_in"] >= train["iterations"]:
+        problems.append(
+            f"train.burn_in: {train['burn_in']} must be below train.iterations ({train['iterations']}), "
+            "or distillation never starts"
+        )
+    if "guided_distillation" in config["methods"] and "supervised" not in config["methods"]:
+        problems.append("methods: guided_distillation needs 'supervised' too (its pre-trained teacher)")
+    if any(step > train["iterations"] for step in train["lr_steps"]):
+        problems.append(f"train.lr_steps: {train['lr_steps']} has a step beyond train.iterations ({train['iterations']})")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def format_percent(percent: float) -> str:
+    """Canonical text of a label percentage for paths and tables: 0.4 -> '0.4', 10.0 -> '10'."""
+    text = f"{float(percent):.6f}".rstrip("0").rstrip(".")
+    return text
+
+
+def dataset_paths(config: dict) -> dict[str, str]:
+    """Image folders and annotation files of the configured dataset (generated ones live under data/<name>)."""
+    dataset = config["dataset"]
+    if dataset["source"] == "synthetic":
+        root = f"data/{dataset['name']}"
+        return {
+            "train_images": f"{root}/train",
+            "train_annotations": f"{root}/annotations/train.json",
+            "val_images": f"{root}/val",
+            "val_annotations": f"{root}/annotations/val.json",
+        }
+    return {key: dataset[key] for key in ("train_images", "train_annotations", "val_images", "val_annotations")}
+

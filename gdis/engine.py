@@ -1,0 +1,252 @@
+"""One training engine for the three methods: supervised, standard burn-in and guided distillation.
+
+A step trains the student on a labelled batch; when a teacher is active (see
+``distill.teacher_phase``) it also trains on an unlabelled batch whose targets are the
+teacher's pseudo-labels on a weak view, the student seeing a strong view of the same geometry.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from gdis import distill
+from gdis.coco import category_ids, load_coco
+from gdis.data import CocoInstances, labeled_view, photometric_augmentation, step_loader, unlabeled_views
+from gdis.io import atomic_path, write_json, write_text
+from gdis.models import build_model
+from gdis.models.weights import load_state_dict_file
+from gdis.provenance import run_record
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "gdis-checkpoint-1"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example a non-finite loss); the last good checkpoint is kept."""
+
+
+def lr_factor(step: int, warmup: int, milestones: list[int], gamma: float) -> float:
+    """Learning-rate multiplier: linear warm-up from 0.001, then ``gamma`` at each milestone passed."""
+    decay = gamma ** sum(step >= milestone for milestone in milestones)
+    if step < warmup:
+        return decay * (0.001 + (1 - 0.001) * step / warmup)
+    return decay
+
+
+def build_optimizer(model: torch.nn.Module, train: dict) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if train["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"])
+    return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"])
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    state = load_state_dict_file(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a gdis checkpoint")
+    return state
+
+
+def load_network(path: str | Path, which: str, model_config: dict):
+    """The student or EMA teacher of a finished gdis checkpoint, ready for inference, with its category ids."""
+    state = load_checkpoint(path)
+    weights = state.get(which)
+    if weights is None:
+        raise ValueError(f"checkpoint {path} holds no '{which}' network (method {state['method']})")
+    model = build_model(model_config, len(state["category_ids"]), load_weights=False)
+    model.load_state_dict(weights)
+    return model, state
+
+
+def _finite_or_fail(step: int, terms: dict[str, torch.Tensor]) -> None:
+    bad = {name: float(value) for name, value in terms.items() if not torch.isfinite(value)}
+    if bad:
+        raise TrainingError(f"step {step}: non-finite loss term(s) {bad}; the last good checkpoint is kept")
+
+
+class Trainer:
+    """Trains one run and writes ``model_final.pt``, ``train_log.jsonl`` and ``run.json`` into ``out_dir``.
+
+    Work in progress lives in ``out_dir/work``: a rerun of a killed job resumes from its last checkpoint.
+    """
+
+    def __init__(self, config: dict, method: str, labeled_json: str, unlabeled_json: str, images_dir: str,
+                 out_dir: str, teacher_checkpoint: str | None = None, run_info: dict | None = None) -> None:
+        self.config, self.method, self.train = config, method, config["train"]
+        self.out_dir = Path(out_dir)
+        self.work_dir = self.out_dir / "work"
+        self.run_info = run_info or {}
+        if method == distill.GUIDED and not teacher_checkpoint:
+            raise ValueError("guided_distillation needs --teacher, the supervised checkpoint of the same split")
+        self.teacher_checkpoint = teacher_checkpoint
+
+        labeled = load_coco(labeled_json)
+        self.category_ids = category_ids(labeled)
+        self.labeled = CocoInstances(labeled, images_dir, with_targets=True)
+        self.unlabeled = None
+        if method != distill.SUPERVISED:
+            self.unlabeled = CocoInstances(load_coco(unlabeled_json), images_dir, with_targets=False)
+        torch.manual_seed(self.train["seed"])
+        self.student = build_model(config["model"], len(self.category_ids))
+        self.teacher = None
+        if method != distill.SUPERVISED:
+            self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.optimizer = build_optimizer(self.student, self.train)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(step, self.train["warmup_iterations"], self.train["lr_steps"], self.train["lr_gamma"]),
+        )
+        self.strong = photometric_augmentation(self.train["augment"])
+        self.step = 0
+        self.log_records: list[dict] = []
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _state(self) -> dict:
+        distilling = self.teacher is not None and self.step > self.train["burn_in"]
+        return {
+            "step": self.step,
+            "method": self.method,
+            "category_ids": self.category_ids,
+            "student": self.student.state_dict(),
+            "ema_teacher": self.teacher.state_dict() if distilling else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_state": torch.get_rng_state(),
+            "log_records": json.dumps(self.log_records),
+            "train_config": json.dumps(self.train, sort_keys=True),
+        }
+
+    def _resume(self) -> None:
+        path = self.work_dir / "last.pt"
+        if not path.exists():
+            return
+        state = load_checkpoint(path)
+        if state["train_config"] != json.dumps(self.train, sort_keys=True) or state["method"] != self.method:
+            log.warning("ignoring %s: it was written with another method or training config", path)
+            return
+        self.student.load_state_dict(state["student"])
+        if state["ema_teacher"] is not None:
+            self.teacher.load_state_dict(state["ema_teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_state"])
+        self.log_records = json.loads(state["log_records"])
+        self.step = state["step"]
+        log.info("resuming from %s at step %d", path, self.step)
+
+    def _load_pretrained_teacher(self) -> None:
+        state = load_checkpoint(self.teacher_checkpoint)
+        if state["category_ids"] != self.category_ids:
+            raise ValueError(f"teacher {self.teacher_checkpoint} was trained on other categories")
+        self.teacher.load_state_dict(state["student"])
+        log.info("pre-trained teacher loaded from %s", self.teacher_checkpoint)
+
+    # -- training ----------------------------------------------------------------------------
+    def _pseudo_label(self, images: list[torch.Tensor]) -> tuple[list, list, float]:
+        weak, strong = unlabeled_views(images, self.train["augment"], self.strong)
+        thresholds = self.train["pseudo_label"]
+        predictions = self.teacher.predict(weak)
+        targets = [self.student.pseudo_labels(p, thresholds["score_threshold"], thresholds["mask_threshold"],
+                                              thresholds["min_area"]) for p in predictions]
+        per_image = sum(len(t["labels"]) for t in targets) / len(targets)
+        return strong, targets, per_image
+
+    def _train_step(self, labeled_batch, unlabeled_batch) -> dict:
+        step, train = self.step, self.train
+        if distill.copies_student(self.method, step, train["burn_in"]):
+            distill.ema_update(self.teacher, self.student, decay=0.0)
+        images, targets = labeled_view(*labeled_batch, train["augment"])
+        supervised = self.student.losses(images, targets)
+        terms = {f"loss_supervised/{k}": v for k, v in supervised.items()}
+        loss_supervised = sum(supervised.values())
+        loss = loss_supervised
+        record = {"loss_supervised": loss_supervised.item()}
+        phase = distill.teacher_phase(self.method, step, train["burn_in"])
+        if phase is not None:
+            strong, pseudo, per_image = self._pseudo_label(unlabeled_batch[0])
+            unsupervised = self.student.losses(strong, pseudo)
+            terms.update({f"loss_unsupervised/{k}": v for k, v in unsupervised.items()})
+            loss_unsupervised = sum(unsupervised.values())
+            loss = loss + train["unlabeled_weight"] * loss_unsupervised
+            record.update(loss_unsupervised=loss_unsupervised.item(), pseudo_labels_per_image=per_image)
+        _finite_or_fail(step, terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if train["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), train["grad_clip"])
+        self.optimizer.step()
+        self.scheduler.step()
+        if phase == "ema":
+            distill.ema_update(self.teacher, self.student, train["ema_decay"])
+        record.update({k: v.item() for k, v in terms.items()})
+        record.update(loss=loss.item(), lr=self.optimizer.param_groups[0]["lr"])
+        return record
+
+    def _phase_name(self) -> str:
+        if self.method == distill.SUPERVISED:
+            return "supervised"
+        return "distillation" if self.step >= self.train["burn_in"] else "burn_in"
+
+    def run(self) -> None:
+        train = self.train
+        self._resume()
+        if self.method == distill.GUIDED and self.step <= train["burn_in"]:
+            self._load_pretrained_teacher()
+        remaining = train["iterations"] - self.step
+        labeled = step_loader(self.labeled, train["batch_size"], train["seed"], self.step, remaining,
+                              train["num_workers"])
+        unlabeled = iter(())
+        if self.unlabeled is not None:
+            unlabeled = iter(step_loader(self.unlabeled, train["unlabeled_batch_size"], train["seed"] + 1,
+                                         self.step, remaining, train["num_workers"]))
+        progress = tqdm(total=train["iterations"], initial=self.step, desc=f"train {self.method}", unit="step",
+                        file=sys.stderr, mininterval=2.0 if sys.stderr.isatty() else 20.0, dynamic_ncols=True)
+        started = time.perf_counter()
+        window_start, window_steps = time.perf_counter(), 0
+        for labeled_batch in labeled:
+            unlabeled_batch = next(unlabeled, None)
+            phase_name = self._phase_name()
+            record = self._train_step(labeled_batch, unlabeled_batch)
+            self.step += 1
+            window_steps += 1
+            progress.update(1)
+            if self.step % train["log_period"] == 0 or self.step == train["iterations"]:
+                now = time.perf_counter()
+                record.update(step=self.step, phase=phase_name, seconds_per_step=(now - window_start) / window_steps)
+                window_start, window_steps = now, 0
+                self.log_records.append(record)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+            if self.step % train["checkpoint_period"] == 0 and self.step < train["iterations"]:
+                save_checkpoint(self.work_dir / "last.pt", **self._state())
+        progress.close()
+        self._finish(time.perf_counter() - started)
+
+    def _finish(self, seconds: float) -> None:
+        state = self._state()
+        for key in ("optimizer", "scheduler", "rng_state", "log_records"):
+            state.pop(key)
+        save_checkpoint(self.out_dir / "model_final.pt", **state)
+        write_text(self.out_dir / "train_log.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.log_records))
+        write_json(self.out_dir / "run.json", run_record(
+            self.config, method=self.method, iterations=self.step, weights=self.student.weights,
+            seconds=round(seconds, 1), teacher_checkpoint=self.teacher_checkpoint,
+            num_labeled_images=len(self.labeled), category_ids=self.category_ids, **self.run_info,
+        ), indent=1)
+        (self.work_dir / "last.pt").unlink(missing_ok=True)
+        if self.work_dir.is_dir() and not any(self.work_dir.iterdir()):
+            self.work_dir.rmdir()
+        log.info("finished %d steps in %.0f s; wrote %s", self.step, seconds, self.out_dir / "model_final.pt")
+

@@ -1,0 +1,157 @@
+"""torchvision's Mask R-CNN behind the gdis architecture interface.
+
+Two backbones: ``tiny``, a small group-normalised CNN with an FPN that trains in minutes on
+a CPU (for the built-in dataset and tests), and ``resnet50_fpn``, the standard one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import ResNet50_Weights
+from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
+from torchvision.ops import MultiScaleRoIAlign, masks_to_boxes
+
+from gdis.models.weights import load_backbone_state, resolve_torchvision_weights
+
+TINY_WIDTHS = (32, 64, 96, 128)
+TINY_FPN_CHANNELS = 64
+
+
+def _conv(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.GroupNorm(8, out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyBody(nn.Module):
+    """Four stages at strides 4, 8, 16 and 32, each a strided conv followed by a plain conv."""
+
+    def __init__(self, widths: tuple[int, ...] = TINY_WIDTHS) -> None:
+        super().__init__()
+        self.stem = _conv(3, widths[0] // 2, stride=2)
+        stages = []
+        in_channels = widths[0] // 2
+        for width in widths:
+            stages.append(nn.Sequential(_conv(in_channels, width, stride=2), _conv(width, width, stride=1)))
+            in_channels = width
+        self.stage1, self.stage2, self.stage3, self.stage4 = stages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.stage4(self.stage3(self.stage2(self.stage1(x))))
+
+
+def build_tiny(num_classes: int, model_config: dict) -> MaskRCNN:
+    body = TinyBody()
+    backbone = BackboneWithFPN(
+        body,
+        return_layers={"stage1": "0", "stage2": "1", "stage3": "2", "stage4": "3"},
+        in_channels_list=list(TINY_WIDTHS),
+        out_channels=TINY_FPN_CHANNELS,
+    )
+    anchors = AnchorGenerator(sizes=((12,), (24,), (48,), (96,), (192,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    channels = TINY_FPN_CHANNELS
+    return MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=tuple(model_config["min_size"]),
+        max_size=model_config["max_size"],
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100,
+        rpn_batch_size_per_image=128,
+        # One bilinear sample per bin: ROI-align's CPU backward is the hot spot of a tiny model.
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=1),
+        box_head=TwoMLPHead(channels * 7 * 7, 256),
+        box_predictor=FastRCNNPredictor(256, num_classes),
+        box_batch_size_per_image=64,
+        box_detections_per_img=model_config["detections_per_image"],
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=1),
+        mask_head=MaskRCNNHeads(channels, [channels, channels], 1),
+        mask_predictor=MaskRCNNPredictor(channels, channels, num_classes),
+    )
+
+
+def build_resnet50_fpn(num_classes: int, model_config: dict) -> MaskRCNN:
+    return maskrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=num_classes,
+        trainable_backbone_layers=3 if model_config["backbone_weights"] else 5,
+        min_size=tuple(model_config["min_size"]),
+        max_size=model_config["max_size"],
+        box_detections_per_img=model_config["detections_per_image"],
+    )
+
+
+BUILDERS = {"tiny": build_tiny, "resnet50_fpn": build_resnet50_fpn}
+IMAGENET_WEIGHTS = {"resnet50_fpn": ResNet50_Weights.IMAGENET1K_V1}
+
+
+class MaskRCNNSegmenter(nn.Module):
+    """Mask R-CNN with the three calls the distillation engine needs: losses, predict, pseudo_labels."""
+
+    def __init__(self, num_classes: int, model_config: dict) -> None:
+        super().__init__()
+        self.backbone_name = model_config["backbone"]
+        self.net = BUILDERS[self.backbone_name](num_classes, model_config)
+        self.train_sizes = tuple(model_config["min_size"])
+        self.test_size = model_config["test_size"]
+        self.weights = "random"
+
+    def load_backbone_weights(self, spec: str) -> None:
+        """Initialise the backbone body from 'imagenet' (torchvision cache) or a state-dict file."""
+        if spec == "imagenet":
+            if self.backbone_name not in IMAGENET_WEIGHTS:
+                raise ValueError(f"model.backbone_weights: no ImageNet weights exist for backbone '{self.backbone_name}'")
+            path = resolve_torchvision_weights(IMAGENET_WEIGHTS[self.backbone_name])
+        else:
+            path = spec
+        load_backbone_state(self.net.backbone.body, path)
+        self.weights = spec
+
+    def losses(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        self.net.train()
+        self.net.transform.min_size = self.train_sizes
+        return self.net(images, targets)
+
+    @torch.no_grad()
+    def predict(self, images: list[torch.Tensor]) -> list[dict]:
+        """Per image: boxes (xyxy), labels (1..K), scores, masks as (N, H, W) probabilities."""
+        self.net.eval()
+        self.net.transform.min_size = (self.test_size,)
+        outputs = self.net(images)
+        for output in outputs:
+            output["masks"] = output["masks"][:, 0]
+        return outputs
+
+    @staticmethod
+    def pseudo_labels(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int) -> dict:
+        return filter_pseudo_labels(prediction, score_threshold, mask_threshold, min_area)
+
+
+def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int) -> dict:
+    """Training targets from one image's detections: confident, binarised, large enough.
+
+    Keeps detections with score > ``score_threshold``; the mask is probability > ``mask_threshold``;
+    masks under ``min_area`` pixels are dropped; boxes are re-derived from the kept masks.
+    """
+    keep = prediction["scores"] > score_threshold
+    binary = prediction["masks"][keep] > mask_threshold
+    labels = prediction["labels"][keep]
+    large = binary.flatten(1).sum(1) >= max(min_area, 1)
+    binary, labels = binary[large], labels[large]
+    boxes = masks_to_boxes(binary) if len(binary) else torch.zeros((0, 4))
+    boxes[:, 2:] += 1  # pixel indices -> pixel edges, so a one-pixel mask has a positive size
+    return {"boxes": boxes, "labels": labels, "masks": binary.to(torch.uint8)}
+

@@ -1,0 +1,255 @@
+"""Result tables and figures: evaluation JSON files to CSV/Markdown, AP-vs-labels and training-curve plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
+
+from gdis.io import atomic_path, read_json, write_text
+
+TABLE_COLUMNS = ["dataset", "arch", "backbone", "weights", "method", "label_percent", "fold", "model", "iteration",
+                 "mask_AP", "mask_AP50", "mask_AP75", "mask_APs", "mask_APm", "mask_APl", "box_AP", "box_AP50", "box_AP75"]
+METHOD_ORDER = ["supervised", "standard_burnin", "guided_distillation"]
+MODEL_ORDER = ["student", "ema_teacher"]
+CONFIG_COLUMNS = ["dataset", "arch", "backbone", "weights"]
+AP_COLUMNS = TABLE_COLUMNS[TABLE_COLUMNS.index("mask_AP"):]
+METHOD_COLORS = {"supervised": "tab:gray", "standard_burnin": "tab:blue", "guided_distillation": "tab:red"}
+METHOD_NAMES = {"supervised": "supervised", "standard_burnin": "standard burn-in",
+                "guided_distillation": "guided distillation"}
+MODEL_NAMES = {"student": "student", "ema_teacher": "EMA teacher"}
+CURVE_PANELS = [("loss", "total loss"), ("loss_supervised", "supervised loss"),
+                ("loss_unsupervised", "unsupervised loss"), ("pseudo_labels_per_image", "pseudo-labels per image"),
+                ("lr", "learning rate")]
+SMOOTHING_WINDOW = 5
+PNG_METADATA = {"Software": None}
+
+
+def format_percent(value: float) -> str:
+    """Shortest label for a label percentage: 0.4 -> '0.4', 5.0 -> '5', 100.0 -> '100'."""
+    return f"{value:g}"
+
+
+def _read_metrics(path: Path) -> dict:
+    """One metrics file as a row of TABLE_COLUMNS with typed values; errors name the file."""
+    data = read_json(path, "metrics file")
+    if not isinstance(data, dict):
+        raise ValueError(f"metrics file {path} does not hold a JSON object")
+    missing = [key for key in TABLE_COLUMNS if key not in data]
+    if missing:
+        raise ValueError(f"metrics file {path} lacks key(s): {', '.join(missing)}")
+    if data["method"] not in METHOD_ORDER:
+        raise ValueError(f"metrics file {path}: unknown method {data['method']!r} (expected one of {METHOD_ORDER})")
+    if data["model"] not in MODEL_ORDER:
+        raise ValueError(f"metrics file {path}: unknown model {data['model']!r} (expected one of {MODEL_ORDER})")
+    try:
+        row = {key: str(data[key]) for key in ["dataset", "arch", "backbone", "weights", "method", "model"]}
+        row["label_percent"] = float(data["label_percent"])
+        row["fold"] = int(data["fold"])
+        row["iteration"] = int(data["iteration"])
+        for key in AP_COLUMNS:
+            row[key] = math.nan if data[key] is None else float(data[key])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"metrics file {path} has a non-numeric value: {error}") from None
+    return row
+
+
+def collect_metrics(metric_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """Read metrics JSON files into one row each (TABLE_COLUMNS), sorted by config, method, label %, fold, model."""
+    paths = [Path(path) for path in metric_files]
+    if not paths:
+        raise ValueError("no metrics files given")
+    table = pd.DataFrame([_read_metrics(path) for path in paths], columns=TABLE_COLUMNS)
+    table["source"] = [str(path) for path in paths]
+    key = CONFIG_COLUMNS + ["method", "label_percent", "fold", "model"]
+    duplicated = table[table.duplicated(key, keep=False)]
+    if not duplicated.empty:
+        raise ValueError(f"metrics files describe the same run twice: {', '.join(duplicated['source'])}")
+    table["method_rank"] = table["method"].map(METHOD_ORDER.index)
+    table["model_rank"] = table["model"].map(MODEL_ORDER.index)
+    table = table.sort_values(CONFIG_COLUMNS + ["method_rank", "label_percent", "fold", "model_rank"])
+    return table[TABLE_COLUMNS].reset_index(drop=True)
+
+
+def render_csv(table: pd.DataFrame) -> str:
+    """Tidy CSV text: TABLE_COLUMNS, label % as given (0.4, 5, 100), AP rounded to 2 decimals."""
+    out = table[TABLE_COLUMNS].copy()
+    out["label_percent"] = out["label_percent"].map(format_percent)
+    out[AP_COLUMNS] = out[AP_COLUMNS].round(2)
+    return out.to_csv(index=False, lineterminator="\n")
+
+
+def _cell(values: pd.Series) -> str:
+    """Mean over folds with 1 decimal, plus ' ± std' when several folds; '–' when there is no value."""
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.1f}"
+    return f"{values.mean():.1f} ± {values.std():.1f}"
+
+
+def _wide_table(table: pd.DataFrame, metric: str) -> list[str]:
+    """Markdown lines: one row per (method, model), one column per label percentage."""
+    percents = sorted(table["label_percent"].unique())
+    lines = ["| method | model | " + " | ".join(f"{format_percent(p)} %" for p in percents) + " |",
+             "|---|---|" + "---:|" * len(percents)]
+    for method in METHOD_ORDER:
+        for model in MODEL_ORDER:
+            rows = table[(table["method"] == method) & (table["model"] == model)]
+            if rows.empty:
+                continue
+            cells = [_cell(rows.loc[rows["label_percent"] == p, metric]) for p in percents]
+            lines.append(f"| {METHOD_NAMES[method]} | {MODEL_NAMES[model]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(table: pd.DataFrame) -> str:
+    """Paper-style Markdown: mask AP then box AP, one section per dataset/architecture configuration."""
+    lines = []
+    for config, group in table.groupby(CONFIG_COLUMNS, sort=True):
+        dataset, arch, backbone, weights = config
+        lines += [f"## {dataset}: {arch}, {backbone} backbone, {weights} weights", ""]
+        for metric, name in [("mask_AP", "Mask AP"), ("box_AP", "Box AP")]:
+            lines += [f"{name} on the val set (%), by percentage of labelled training images; "
+                      "mean ± std over folds where there are several, – where no run exists.", ""]
+            lines += _wide_table(group, metric) + [""]
+    return "\n".join(lines)
+
+
+def write_table(metric_files: Iterable[str | os.PathLike], csv_path: str | os.PathLike,
+                markdown_path: str | os.PathLike) -> pd.DataFrame:
+    """Collect metrics and write the tidy CSV and the Markdown summary (both atomically); return the table."""
+    table = collect_metrics(metric_files)
+    csv_text = render_csv(table)
+    markdown_text = render_markdown(table)
+    write_text(csv_path, csv_text)
+    write_text(markdown_path, markdown_text)
+    return table
+
+
+def _save_png(figure: Figure, png_path: str | os.PathLike) -> None:
+    """Write the figure as a 150 dpi PNG atomically, without version metadata."""
+    with atomic_path(png_path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=150, metadata=PNG_METADATA)
+
+
+def plot_ap_vs_labels(table: pd.DataFrame, png_path: str | os.PathLike, title: str) -> None:
+    """Mask AP vs label percentage (log x): one colour per method, EMA teacher solid, student dashed, min-max band."""
+    configs = table[CONFIG_COLUMNS].drop_duplicates()
+    if len(configs) > 1:
+        raise ValueError(f"table mixes {len(configs)} dataset/arch/backbone/weights configurations; plot one at a time")
+    series = [(method, "student" if method == "supervised" else model)
+              for method in METHOD_ORDER for model in ["ema_teacher", "student"]
+              if method != "supervised" or model == "student"]
+    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+    axes = figure.add_subplot()
+    plotted = []
+    for method, model in series:
+        rows = table[(table["method"] == method) & (table["model"] == model)].dropna(subset=["mask_AP"])
+        if rows.empty:
+            continue
+        stats = rows.groupby("label_percent")["mask_AP"].agg(["mean", "min", "max", "count"])
+        dashed = method != "supervised" and model == "student"
+        label = METHOD_NAMES[method] if method == "supervised" else f"{METHOD_NAMES[method]} ({MODEL_NAMES[model]})"
+        color = METHOD_COLORS[method]
+        axes.plot(stats.index, stats["mean"], color=color, linestyle="--" if dashed else "-",
+                  marker="o", markersize=4, label=label)
+        if stats["count"].max() > 1:
+            axes.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.12, linewidth=0)
+        plotted.append(stats.index)
+    if not plotted:
+        raise ValueError("table has no mask AP to plot")
+    percents = sorted(set(np.concatenate(plotted)))
+    axes.set_xscale("log")
+    axes.set_xlim(percents[0] / 1.5, percents[-1] * 1.5)
+    axes.set_xticks(percents, [f"{format_percent(p)} %" for p in percents])
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.set_xlabel("labelled training images")
+    axes.set_ylabel("mask AP (%)")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="small")
+    _save_png(figure, png_path)
+
+
+def read_training_log(path: str | os.PathLike) -> pd.DataFrame:
+    """A JSON-lines training log as a frame sorted by step (last entry wins for a repeated step), missing as NaN."""
+    path = Path(path)
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"training log {path}, line {number} is not valid JSON: {error}") from None
+    if not records:
+        raise ValueError(f"training log {path} has no entries")
+    log = pd.DataFrame.from_records(records)
+    missing = [key for key in ["step", "phase"] if key not in log.columns]
+    if missing:
+        raise ValueError(f"training log {path} lacks key(s): {', '.join(missing)}")
+    log = log.reindex(columns=["step", "phase"] + [column for column, _ in CURVE_PANELS])
+    log = log.sort_values("step", kind="stable").drop_duplicates("step", keep="last").reset_index(drop=True)
+    for column, _ in CURVE_PANELS:
+        log[column] = pd.to_numeric(log[column], errors="coerce")
+    return log
+
+
+def distillation_starts(log: pd.DataFrame) -> list:
+    """Steps at which the phase changes to 'distillation' (a log that starts in distillation has none)."""
+    phase = log["phase"]
+    switch = (phase == "distillation") & (phase.shift() != "distillation")
+    switch.iloc[0] = False
+    return log.loc[switch, "step"].tolist()
+
+
+def plot_training_curves(logs: Mapping[str, str | os.PathLike], png_path: str | os.PathLike, title: str) -> None:
+    """Panels of loss terms, pseudo-labels per image and learning rate vs step; one smoothed line per run."""
+    if not logs:
+        raise ValueError("no training logs given")
+    runs = []
+    for index, (label, path) in enumerate(logs.items()):
+        log = read_training_log(path)
+        runs.append((label, log, f"C{index % 10}", distillation_starts(log)))
+    figure = Figure(figsize=(13, 7.5), layout="constrained")
+    grid = figure.subplots(2, 3, squeeze=False).ravel()
+    for axes, (column, name) in zip(grid, CURVE_PANELS):
+        shown = False
+        for _, log, color, _ in runs:
+            values = log[column]
+            if values.isna().all():
+                continue
+            if column != "lr":
+                values = values.rolling(SMOOTHING_WINDOW, min_periods=1, center=True).mean()
+            axes.plot(log["step"], values, color=color, linewidth=1.2)
+            shown = True
+        for _, _, color, starts in runs:
+            for step in starts:
+                axes.axvline(step, color=color, linestyle=":", linewidth=1.2)
+        if not shown:
+            axes.text(0.5, 0.5, f"no {name} logged", transform=axes.transAxes, ha="center", va="center", color="gray")
+            axes.set_xticks([])
+            axes.set_yticks([])
+        axes.set_title(name)
+        axes.set_xlabel("step")
+        axes.grid(True, alpha=0.3)
+    legend_axes = grid[len(CURVE_PANELS)]
+    legend_axes.axis("off")
+    handles = [Line2D([], [], color=color, linewidth=1.5, label=label) for label, _, color, _ in runs]
+    if any(starts for _, _, _, starts in runs):
+        handles.append(Line2D([], [], color="black", linestyle=":", linewidth=1.2, label="switch to distillation"))
+    smoothing = f"losses and pseudo-labels smoothed:\ncentred moving average over {SMOOTHING_WINDOW} log entries"
+    legend_axes.legend(handles=handles, loc="center", frameon=False, title=smoothing)
+    figure.suptitle(title)
+    _save_png(figure, png_path)

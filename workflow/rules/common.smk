@@ -1,0 +1,95 @@
+# Validated config, wildcard constraints, result paths and input functions shared by all rules.
+from gdis.config import ConfigError, dataset_paths, format_percent, load_config, validate_config
+
+DEFAULT_CONFIG = "config/config.yaml"
+
+if workflow.config_settings.config:
+    raise WorkflowError(
+        "--config KEY=VALUE overrides are not passed on to the gdis commands; "
+        "write them in a YAML file and add it with --configfile FILE"
+    )
+
+# The gdis commands receive the same files, merged in the same order, as this workflow.
+CONFIG_FILES = [DEFAULT_CONFIG] + [str(path) for path in workflow.config_settings.configfiles]
+try:
+    validated = validate_config(config)
+    assert load_config(CONFIG_FILES) == validated, "merged config files differ from Snakemake's config"
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+config.clear()
+config.update(validated)
+CONFIG_ARGS = " ".join(CONFIG_FILES)
+
+DATASET = config["dataset"]["name"]
+NETWORK = f"{config['model']['arch']}/{config['model']['backbone']}"
+DATA = dataset_paths(config)
+DISTILLATION_METHODS = ["standard_burnin", "guided_distillation"]
+PERCENTS = [format_percent(p) for p in config["splits"]["label_percents"]]
+FOLDS = config["splits"]["folds"]
+FULL = format_percent(100)
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    percent=r"[0-9]+(\.[0-9]+)?",
+    fold=r"[0-9]+",
+    method="supervised|standard_burnin|guided_distillation",
+    model="student|ema_teacher",
+
+
+SPLIT_DIR = f"results/splits/{DATASET}/{{percent}}pct/fold{{fold}}"
+RUN_DIR = f"results/models/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
+EVAL_DIR = f"results/eval/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
+LOG_DIR = f"results/logs/{DATASET}"
+
+
+def runs():
+    """(method, percent, fold) of every training run the config asks for."""
+    planned = [
+        (method, percent, fold)
+        for method in config["methods"]
+        for percent in PERCENTS
+        for fold in FOLDS
+        if not (percent == FULL and method in DISTILLATION_METHODS)
+    ]
+    if config["splits"]["include_full"] and "supervised" in config["methods"] and FULL not in PERCENTS:
+        planned += [("supervised", FULL, fold) for fold in FOLDS]
+    return planned
+
+
+def evaluated_networks():
+    """(method, percent, fold, model): the student of every run, and the EMA teacher of distillation runs."""
+    for method, percent, fold in runs():
+        yield method, percent, fold, "student"
+        if method in DISTILLATION_METHODS:
+            yield method, percent, fold, "ema_teacher"
+
+
+def metrics_files():
+    return [
+        f"{EVAL_DIR}/{model}.json".format(method=method, percent=percent, fold=fold)
+        for method, percent, fold, model in evaluated_networks()
+    ]
+
+
+def train_logs():
+    """{label: train_log.jsonl} of every run, for the training-curves plot."""
+    return {
+        f"{method} {percent}% fold {fold}": f"{RUN_DIR}/train_log.jsonl".format(method=method, percent=percent, fold=fold)
+        for method, percent, fold in runs()
+    }
+
+
+def train_inputs(wildcards):
+    inputs = {
+        "labeled": f"{SPLIT_DIR}/labeled.json".format(**wildcards),
+        "unlabeled": f"{SPLIT_DIR}/unlabeled.json".format(**wildcards),
+        "images": DATA["train_images"],
+    }
+    if wildcards.method == "guided_distillation":
+        inputs["teacher"] = f"{RUN_DIR}/model_final.pt".format(method="supervised", **{k: wildcards[k] for k in ("percent", "fold")})
+    return inputs
+
+
+def resources_of(kind):
+    return config["resources"][kind]

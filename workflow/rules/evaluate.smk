@@ -1,0 +1,23 @@
+# COCO mask and box AP on the val set, for the student and (distillation methods) the EMA teacher.
+
+
+rule evaluate:
+    input:
+        checkpoint=f"{RUN_DIR}/model_final.pt",
+        record=f"{RUN_DIR}/run.json",
+        annotations=DATA["val_annotations"],
+        images=DATA["val_images"],
+    output:
+        predictions=f"{EVAL_DIR}/{{model}}_predictions.json",
+        metrics=f"{EVAL_DIR}/{{model}}.json",
+    params:
+        model=config["model"],
+        evaluate=config["evaluate"],
+    log:
+        f"{LOG_DIR}/evaluate/{NETWORK}/{{method}}_{{percent}}pct_fold{{fold}}_{{model}}.log",
+    threads: config["evaluate"]["threads"]
+    resources:
+        **resources_of("evaluate"),
+    shell:
+        "gdis evaluate --config {CONFIG_ARGS} --checkpoint {input.checkpoint} --model {wildcards.model} "
+        "--predictions {output.predictions} --metrics {output.metrics} 2> {log}"

@@ -1,0 +1,55 @@
+# Tables and plots: results/tables/<dataset>.csv (tidy) and .md (paper style), AP-vs-labels and training curves.
+
+
+def report_outputs():
+    return [
+        f"results/tables/{DATASET}.csv",
+        f"results/tables/{DATASET}.md",
+        f"results/plots/{DATASET}.png",
+        f"results/plots/{DATASET}_training.png",
+    ]
+
+
+rule table:
+    input:
+        metrics_files(),
+    output:
+        csv=f"results/tables/{DATASET}.csv",
+        markdown=f"results/tables/{DATASET}.md",
+    log:
+        f"{LOG_DIR}/table.log",
+    resources:
+        **resources_of("light"),
+    shell:
+        "gdis table --metrics {input} --csv {output.csv} --markdown {output.markdown} 2> {log}"
+
+
+rule plot:
+    input:
+        f"results/tables/{DATASET}.csv",
+    output:
+        f"results/plots/{DATASET}.png",
+    params:
+        title=f"{DATASET}: mask AP vs labelled fraction ({NETWORK})",
+    log:
+        f"{LOG_DIR}/plot.log",
+    resources:
+        **resources_of("light"),
+    shell:
+        "gdis plot --table {input} --out {output} --title '{params.title}' 2> {log}"
+
+
+rule training_curves:
+    input:
+        list(train_logs().values()),
+    output:
+        f"results/plots/{DATASET}_training.png",
+    params:
+        logs=" ".join(f"'{label}={path}'" for label, path in train_logs().items()),
+        title=f"{DATASET}: training curves ({NETWORK})",
+    log:
+        f"{LOG_DIR}/training_curves.log",
+    resources:
+        **resources_of("light"),
+    shell:
+        "gdis curves --log {params.logs} --out {output} --title '{params.title}' 2> {log}"
