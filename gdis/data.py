@@ -30,6 +30,14 @@ class CocoInstances(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def check_files(self) -> None:
+        """Fail before training, not hours into it, when image files are missing (all are listed)."""
+        missing = [image for image in self.images if not (self.images_dir / image["file_name"]).is_file()]
+        if missing:
+            listed = "; ".join(f"image {image['id']}: {self.images_dir / image['file_name']}" for image in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise DatasetError(f"{len(missing)} image file(s) not found: {listed}{more}")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         info = self.images[index]
         image = read_image(self.images_dir / info["file_name"], info)

@@ -91,7 +91,7 @@ class Trainer:
         self.run_info = run_info or {}
         if method == distill.GUIDED and not teacher_checkpoint:
             raise ValueError("guided_distillation needs --teacher, the supervised checkpoint of the same split")
-        self.teacher_checkpoint = teacher_checkpoint
+        self.teacher_checkpoint = str(teacher_checkpoint) if teacher_checkpoint else None
 
         labeled = load_coco(labeled_json)
         self.category_ids = category_ids(labeled)
@@ -99,6 +99,8 @@ class Trainer:
         self.unlabeled = None
         if method != distill.SUPERVISED:
             self.unlabeled = CocoInstances(load_coco(unlabeled_json), images_dir, with_targets=False)
+        for dataset in (d for d in (self.labeled, self.unlabeled) if d is not None):
+            dataset.check_files()
         torch.manual_seed(self.train["seed"])
         self.student = build_model(config["model"], len(self.category_ids))
         self.teacher = None
@@ -129,23 +131,24 @@ class Trainer:
             "train_config": json.dumps(self.train, sort_keys=True),
         }
 
-    def _resume(self) -> None:
+    def _resume(self) -> torch.Tensor | None:
+        """Restore the last checkpoint, if any; return its RNG state, to be set once the data iterators exist."""
         path = self.work_dir / "last.pt"
         if not path.exists():
-            return
+            return None
         state = load_checkpoint(path)
         if state["train_config"] != json.dumps(self.train, sort_keys=True) or state["method"] != self.method:
             log.warning("ignoring %s: it was written with another method or training config", path)
-            return
+            return None
         self.student.load_state_dict(state["student"])
         if state["ema_teacher"] is not None:
             self.teacher.load_state_dict(state["ema_teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_state"])
         self.log_records = json.loads(state["log_records"])
         self.step = state["step"]
         log.info("resuming from %s at step %d", path, self.step)
+        return state["rng_state"]
 
     def _load_pretrained_teacher(self) -> None:
         state = load_checkpoint(self.teacher_checkpoint)
@@ -202,16 +205,18 @@ class Trainer:
 
     def run(self) -> None:
         train = self.train
-        self._resume()
+        rng_state = self._resume()
         if self.method == distill.GUIDED and self.step <= train["burn_in"]:
             self._load_pretrained_teacher()
         remaining = train["iterations"] - self.step
-        labeled = step_loader(self.labeled, train["batch_size"], train["seed"], self.step, remaining,
-                              train["num_workers"])
+        labeled = iter(step_loader(self.labeled, train["batch_size"], train["seed"], self.step, remaining,
+                                   train["num_workers"]))
         unlabeled = iter(())
         if self.unlabeled is not None:
             unlabeled = iter(step_loader(self.unlabeled, train["unlabeled_batch_size"], train["seed"] + 1,
                                          self.step, remaining, train["num_workers"]))
+        if rng_state is not None:  # creating the iterators draws from the RNG, in a fresh run too
+            torch.set_rng_state(rng_state)
         progress = tqdm(total=train["iterations"], initial=self.step, desc=f"train {self.method}", unit="step",
                         file=sys.stderr, mininterval=2.0 if sys.stderr.isatty() else 20.0, dynamic_ncols=True)
         started = time.perf_counter()

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
+from gdis.config import format_percent
 from gdis.io import atomic_path, read_json, write_text
 
 TABLE_COLUMNS = ["dataset", "arch", "backbone", "weights", "method", "label_percent", "fold", "model", "iteration",
@@ -31,11 +32,6 @@ CURVE_PANELS = [("loss", "total loss"), ("loss_supervised", "supervised loss"),
                 ("lr", "learning rate")]
 SMOOTHING_WINDOW = 5
 PNG_METADATA = {"Software": None}
-
-
-def format_percent(value: float) -> str:
-    """Shortest label for a label percentage: 0.4 -> '0.4', 5.0 -> '5', 100.0 -> '100'."""
-    return f"{value:g}"
 
 
 def _read_metrics(path: Path) -> dict:

@@ -19,6 +19,7 @@ except ConfigError as error:
 config.clear()
 config.update(validated)
 CONFIG_ARGS = " ".join(CONFIG_FILES)
+SOFTWARE_ENV = "../../environment.yml"
 
 DATASET = config["dataset"]["name"]
 NETWORK = f"{config['model']['arch']}/{config['model']['backbone']}"
@@ -89,6 +90,15 @@ def train_inputs(wildcards):
     if wildcards.method == "guided_distillation":
         inputs["teacher"] = f"{RUN_DIR}/model_final.pt".format(method="supervised", **{k: wildcards[k] for k in ("percent", "fold")})
     return inputs
+
+
+def report_outputs():
+    return [
+        f"results/tables/{DATASET}.csv",
+        f"results/tables/{DATASET}.md",
+        f"results/plots/{DATASET}.png",
+        f"results/plots/{DATASET}_training.png",
+    ]
 
 
 def resources_of(kind):

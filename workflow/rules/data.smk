@@ -8,11 +8,14 @@ rule synthesize:
         train_annotations=f"data/{DATASET}/annotations/train.json",
         val_annotations=f"data/{DATASET}/annotations/val.json",
     params:
+        config=CONFIG_ARGS,
         synthetic=config["dataset"]["synthetic"],
-        out_dir=f"data/{DATASET}",
+        out_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.train_annotations)),
     log:
         f"{LOG_DIR}/synthesize.log",
+    conda:
+        SOFTWARE_ENV
     resources:
         **resources_of("light"),
     shell:
-        "gdis synthesize --config {CONFIG_ARGS} --out-dir {params.out_dir} 2> {log}"
+        "gdis synthesize --config {params.config} --out-dir {params.out_dir} 2> {log}"

@@ -11,13 +11,16 @@ rule evaluate:
         predictions=f"{EVAL_DIR}/{{model}}_predictions.json",
         metrics=f"{EVAL_DIR}/{{model}}.json",
     params:
+        config=CONFIG_ARGS,
         model=config["model"],
         evaluate=config["evaluate"],
     log:
         f"{LOG_DIR}/evaluate/{NETWORK}/{{method}}_{{percent}}pct_fold{{fold}}_{{model}}.log",
     threads: config["evaluate"]["threads"]
+    conda:
+        SOFTWARE_ENV
     resources:
         **resources_of("evaluate"),
     shell:
-        "gdis evaluate --config {CONFIG_ARGS} --checkpoint {input.checkpoint} --model {wildcards.model} "
+        "gdis evaluate --config {params.config} --checkpoint {input.checkpoint} --model {wildcards.model} "
         "--predictions {output.predictions} --metrics {output.metrics} 2> {log}"

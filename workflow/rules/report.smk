@@ -1,15 +1,6 @@
 # Tables and plots: results/tables/<dataset>.csv (tidy) and .md (paper style), AP-vs-labels and training curves.
 
 
-def report_outputs():
-    return [
-        f"results/tables/{DATASET}.csv",
-        f"results/tables/{DATASET}.md",
-        f"results/plots/{DATASET}.png",
-        f"results/plots/{DATASET}_training.png",
-    ]
-
-
 rule table:
     input:
         metrics_files(),
@@ -18,6 +9,8 @@ rule table:
         markdown=f"results/tables/{DATASET}.md",
     log:
         f"{LOG_DIR}/table.log",
+    conda:
+        SOFTWARE_ENV
     resources:
         **resources_of("light"),
     shell:
@@ -33,6 +26,8 @@ rule plot:
         title=f"{DATASET}: mask AP vs labelled fraction ({NETWORK})",
     log:
         f"{LOG_DIR}/plot.log",
+    conda:
+        SOFTWARE_ENV
     resources:
         **resources_of("light"),
     shell:
@@ -49,6 +44,8 @@ rule training_curves:
         title=f"{DATASET}: training curves ({NETWORK})",
     log:
         f"{LOG_DIR}/training_curves.log",
+    conda:
+        SOFTWARE_ENV
     resources:
         **resources_of("light"),
     shell:

@@ -9,12 +9,16 @@ rule split:
         unlabeled=f"{SPLIT_DIR}/unlabeled.json",
         manifest=f"{SPLIT_DIR}/manifest.json",
     params:
-        splits=config["splits"],
-        out_dir=SPLIT_DIR,
+        config=CONFIG_ARGS,
+        seed=config["splits"]["seed"],
+        unlabeled=config["splits"]["unlabeled"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
     log:
         f"{LOG_DIR}/split/{{percent}}pct_fold{{fold}}.log",
+    conda:
+        SOFTWARE_ENV
     resources:
         **resources_of("light"),
     shell:
-        "gdis split --config {CONFIG_ARGS} --label-percent {wildcards.percent} --fold {wildcards.fold} "
+        "gdis split --config {params.config} --label-percent {wildcards.percent} --fold {wildcards.fold} "
         "--out-dir {params.out_dir} 2> {log}"

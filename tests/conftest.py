@@ -1,0 +1,57 @@
+"""Shared fixtures: a micro synthetic dataset and a config pointing at it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gdis.config import load_config
+from gdis.synthetic import SyntheticSpec, generate_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+MICRO_SPEC = SyntheticSpec(seed=3, num_train=12, num_val=4, image_size=64, max_objects=3)
+
+
+@pytest.fixture(scope="session")
+def micro_dataset(tmp_path_factory) -> Path:
+    """A 12 + 4 image synthetic dataset in COCO format (generated once per test session)."""
+    root = tmp_path_factory.mktemp("micro") / "dataset"
+    generate_synthetic_dataset(root, MICRO_SPEC)
+    return root
+
+
+@pytest.fixture
+def micro_config_file(micro_dataset, tmp_path) -> Path:
+    """The micro test config, pointed at the micro dataset as a COCO-format dataset on disk."""
+    config = yaml.safe_load((REPO / "config" / "micro.yaml").read_text())
+    config["dataset"] = {
+        "name": "micro",
+        "source": "coco",
+        "train_images": str(micro_dataset / "train"),
+        "train_annotations": str(micro_dataset / "annotations" / "train.json"),
+        "val_images": str(micro_dataset / "val"),
+        "val_annotations": str(micro_dataset / "annotations" / "val.json"),
+    }
+    path = tmp_path / "micro.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def micro_config(micro_config_file) -> dict:
+    return load_config([micro_config_file])
+
+
+@pytest.fixture
+def workflow_copy(tmp_path) -> Path:
+    """A scratch copy of the workflow (Snakefile, rules, configs) to run Snakemake in."""
+    for name in ("Snakefile", "workflow", "config", "environment.yml", "constraints.txt"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name)
+        else:
+            shutil.copy(source, tmp_path / name)
+    return tmp_path

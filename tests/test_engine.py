@@ -1,0 +1,117 @@
+"""The training engine on a micro dataset: burn-in switch, resume after a kill, non-finite loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gdis import distill, engine
+from gdis.engine import Trainer, TrainingError, load_checkpoint
+from gdis.splits import write_split
+
+
+@pytest.fixture
+def split_dir(micro_dataset, tmp_path):
+    write_split(micro_dataset / "annotations" / "train.json", tmp_path / "split", 25, fold=1, seed=0)
+    return tmp_path / "split"
+
+
+def _trainer(config, method, split_dir, micro_dataset, out_dir, teacher=None):
+    torch.set_num_threads(1)
+    return Trainer(config, method, split_dir / "labeled.json", split_dir / "unlabeled.json",
+                   micro_dataset / "train", out_dir, teacher_checkpoint=teacher,
+                   run_info={"label_percent": 25.0, "fold": 1})
+
+
+@pytest.fixture
+def supervised_checkpoint(micro_config, split_dir, micro_dataset, tmp_path):
+    _trainer(micro_config, "supervised", split_dir, micro_dataset, tmp_path / "sup").run()
+    return tmp_path / "sup" / "model_final.pt"
+
+
+def test_guided_burn_in_switch(micro_config, split_dir, micro_dataset, supervised_checkpoint, tmp_path, monkeypatch):
+    """Pre-trained teacher before burn_in; teacher := student exactly at burn_in; EMA after every later step."""
+    burn_in = micro_config["train"]["burn_in"]
+    trainer = _trainer(micro_config, "guided_distillation", split_dir, micro_dataset, tmp_path / "gd",
+                       teacher=supervised_checkpoint)
+    pretrained = load_checkpoint(supervised_checkpoint)["student"]
+    events = []
+    real_update = distill.ema_update
+
+    def spy(teacher, student, decay):
+        before = {k: v.clone() for k, v in teacher.state_dict().items()}
+        real_update(teacher, student, decay)
+        events.append((trainer.step, decay, before, {k: v.clone() for k, v in teacher.state_dict().items()},
+                       {k: v.clone() for k, v in student.state_dict().items()}))
+
+    def pseudo_label_spy(images):
+        events.append((trainer.step, "pseudo", {k: v.clone() for k, v in trainer.teacher.state_dict().items()}))
+        return Trainer._pseudo_label(trainer, images)
+
+    monkeypatch.setattr(engine.distill, "ema_update", spy)
+    monkeypatch.setattr(trainer, "_pseudo_label", pseudo_label_spy)
+    trainer.run()
+
+    pseudo_steps = [e for e in events if e[1] == "pseudo"]
+    updates = [e for e in events if e[1] != "pseudo"]
+    assert [e[0] for e in pseudo_steps] == list(range(micro_config["train"]["iterations"]))
+    for step, _, teacher_state in pseudo_steps[:burn_in]:
+        assert all(torch.equal(teacher_state[k], pretrained[k]) for k in pretrained), f"teacher changed at {step}"
+    decays = [(step, decay) for step, decay, *_ in updates]
+    ema = micro_config["train"]["ema_decay"]
+    iterations = micro_config["train"]["iterations"]
+    assert decays == [(burn_in, 0.0)] + [(step, ema) for step in range(burn_in, iterations)]
+    _, _, _, after_copy, student_at_copy = updates[0]
+    assert all(torch.equal(after_copy[k], student_at_copy[k]) for k in after_copy)
+    final = load_checkpoint(tmp_path / "gd" / "model_final.pt")
+    assert final["ema_teacher"] is not None and final["step"] == iterations
+
+
+def test_killed_run_resumes_to_identical_weights(micro_config, split_dir, micro_dataset, tmp_path, monkeypatch):
+    micro_config["train"]["checkpoint_period"] = 2
+    _trainer(micro_config, "standard_burnin", split_dir, micro_dataset, tmp_path / "straight").run()
+
+    interrupted = _trainer(micro_config, "standard_burnin", split_dir, micro_dataset, tmp_path / "resumed")
+    original_step = interrupted._train_step
+
+    def die_at_step_three(*args):
+        if interrupted.step == 3:
+            raise KeyboardInterrupt("killed")
+        return original_step(*args)
+
+    monkeypatch.setattr(interrupted, "_train_step", die_at_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    assert (tmp_path / "resumed" / "work" / "last.pt").exists()
+    assert not (tmp_path / "resumed" / "model_final.pt").exists()
+
+    _trainer(micro_config, "standard_burnin", split_dir, micro_dataset, tmp_path / "resumed").run()
+    straight = load_checkpoint(tmp_path / "straight" / "model_final.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "model_final.pt")
+    for network in ("student", "ema_teacher"):
+        for key, value in straight[network].items():
+            assert torch.allclose(value.float(), resumed[network][key].float(), atol=1e-6), (network, key)
+    assert not (tmp_path / "resumed" / "work").exists()
+    log_steps = [line for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log_steps) == micro_config["train"]["iterations"]
+
+
+def test_non_finite_loss_stops_with_step_and_term(micro_config, split_dir, micro_dataset, tmp_path, monkeypatch):
+    trainer = _trainer(micro_config, "supervised", split_dir, micro_dataset, tmp_path / "nan")
+    original = trainer.student.losses
+
+    def poisoned(images, targets):
+        losses = original(images, targets)
+        if trainer.step == 1:
+            losses["loss_mask"] = losses["loss_mask"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(trainer.student, "losses", poisoned)
+    with pytest.raises(TrainingError, match=r"step 1: non-finite loss term\(s\) \{'loss_supervised/loss_mask': nan\}"):
+        trainer.run()
+    assert not (tmp_path / "nan" / "model_final.pt").exists()
+
+
+def test_guided_distillation_requires_teacher(micro_config, split_dir, micro_dataset, tmp_path):
+    with pytest.raises(ValueError, match="guided_distillation needs --teacher"):
+        _trainer(micro_config, "guided_distillation", split_dir, micro_dataset, tmp_path / "x")

@@ -1,0 +1,60 @@
+"""The real Snakemake workflow: lint, dry run on the default config, a micro run end to end, bad config."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pandas as pd
+import pytest
+
+from gdis.report import TABLE_COLUMNS
+
+
+def _snakemake(workdir, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(["snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_lint_is_clean(workflow_copy):
+    result = _snakemake(workflow_copy, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_dry_run_plans_the_default_demo(workflow_copy):
+    result = _snakemake(workflow_copy, "-n", "--cores", "2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    for rule in ("synthesize", "split", "train", "evaluate", "table", "plot", "training_curves"):
+        assert rule in out
+
+
+@pytest.mark.slow
+def test_bad_config_fails_before_running_anything(workflow_copy):
+    (workflow_copy / "typo.yaml").write_text("train:\n  burnin: 10\n")
+    result = _snakemake(workflow_copy, "-n", "--cores", "1", "--configfile", "typo.yaml")
+    assert result.returncode != 0
+    assert "unknown key train.burnin" in result.stderr
+    overridden = _snakemake(workflow_copy, "-n", "--cores", "1", "--config", "methods=[supervised]")
+    assert overridden.returncode != 0 and "--configfile" in overridden.stderr
+
+
+@pytest.mark.slow
+def test_micro_pipeline_end_to_end(workflow_copy):
+    result = _snakemake(workflow_copy, "--cores", "2", "--configfile", "config/micro.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(workflow_copy / "results" / "tables" / "micro.csv")
+    assert list(table.columns) == TABLE_COLUMNS
+    rows = set(zip(table["method"], table["label_percent"], table["model"]))
+    assert rows == {
+        ("supervised", 25, "student"), ("supervised", 100, "student"),
+        ("standard_burnin", 25, "student"), ("standard_burnin", 25, "ema_teacher"),
+        ("guided_distillation", 25, "student"), ("guided_distillation", 25, "ema_teacher"),
+    }
+    for name in ("micro.md",):
+        assert (workflow_copy / "results" / "tables" / name).read_text().startswith("## micro")
+    for name in ("micro.png", "micro_training.png"):
+        assert (workflow_copy / "results" / "plots" / name).read_bytes().startswith(b"\x89PNG")
+    again = _snakemake(workflow_copy, "-n", "--cores", "2", "--configfile", "config/micro.yaml")
+    assert "Nothing to be done" in again.stdout + again.stderr
