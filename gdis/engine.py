@@ -161,7 +161,7 @@ class Trainer:
     def _pseudo_label(self, images: list[torch.Tensor]) -> tuple[list, list, float]:
         weak, strong = unlabeled_views(images, self.train["augment"], self.strong)
         thresholds = self.train["pseudo_label"]
-        predictions = self.teacher.predict(weak)
+        predictions = self.teacher.predict(weak, score_threshold=thresholds["score_threshold"])
         targets = [self.student.pseudo_labels(p, thresholds["score_threshold"], thresholds["mask_threshold"],
                                               thresholds["min_area"]) for p in predictions]
         per_image = sum(len(t["labels"]) for t in targets) / len(targets)

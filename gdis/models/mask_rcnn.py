@@ -126,11 +126,21 @@ class MaskRCNNSegmenter(nn.Module):
         return self.net(images, targets)
 
     @torch.no_grad()
-    def predict(self, images: list[torch.Tensor]) -> list[dict]:
-        """Per image: boxes (xyxy), labels (1..K), scores, masks as (N, H, W) probabilities."""
+    def predict(self, images: list[torch.Tensor], score_threshold: float | None = None) -> list[dict]:
+        """Per image: boxes (xyxy), labels (1..K), scores, masks as (N, H, W) probabilities.
+
+        ``score_threshold`` drops detections scoring at or below it before masks are computed
+        (pseudo-labelling needs no others), which saves most of the mask head's work.
+        """
         self.net.eval()
         self.net.transform.min_size = (self.test_size,)
-        outputs = self.net(images)
+        default_threshold = self.net.roi_heads.score_thresh
+        if score_threshold is not None:
+            self.net.roi_heads.score_thresh = max(score_threshold, default_threshold)
+        try:
+            outputs = self.net(images)
+        finally:
+            self.net.roi_heads.score_thresh = default_threshold
         for output in outputs:
             output["masks"] = output["masks"][:, 0]
         return outputs

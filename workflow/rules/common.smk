@@ -40,6 +40,7 @@ wildcard_constraints:
 
 SPLIT_DIR = f"results/splits/{DATASET}/{{percent}}pct/fold{{fold}}"
 RUN_DIR = f"results/models/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
+SUPERVISED_RUN_DIR = f"results/models/{DATASET}/{NETWORK}/supervised/{{percent}}pct/fold{{fold}}"
 EVAL_DIR = f"results/eval/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
 LOG_DIR = f"results/logs/{DATASET}"
 
@@ -87,8 +88,8 @@ def train_inputs(wildcards):
         "unlabeled": f"{SPLIT_DIR}/unlabeled.json".format(**wildcards),
         "images": DATA["train_images"],
     }
-    if wildcards.method == "guided_distillation":
-        inputs["teacher"] = f"{RUN_DIR}/model_final.pt".format(method="supervised", **{k: wildcards[k] for k in ("percent", "fold")})
+    if wildcards.get("method") == "guided_distillation":
+        inputs["teacher"] = f"{SUPERVISED_RUN_DIR}/model_final.pt".format(percent=wildcards.percent, fold=wildcards.fold)
     return inputs
 
 

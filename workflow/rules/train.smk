@@ -1,7 +1,34 @@
-# Training: supervised (also the pre-trained teacher), standard burn-in, guided distillation.
+# Training: the supervised model (also the pre-trained teacher), then the two distillation methods.
 
 
-rule train:
+rule train_supervised:
+    input:
+        unpack(train_inputs),
+    output:
+        checkpoint=f"{SUPERVISED_RUN_DIR}/model_final.pt",
+        log=f"{SUPERVISED_RUN_DIR}/train_log.jsonl",
+        record=f"{SUPERVISED_RUN_DIR}/run.json",
+    params:
+        config=CONFIG_ARGS,
+        model=config["model"],
+        train=config["train"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
+        split_dir=lambda wildcards, input: os.path.dirname(input.labeled),
+    log:
+        f"{LOG_DIR}/train/{NETWORK}/supervised_{{percent}}pct_fold{{fold}}.log",
+    # Teachers first: the guided-distillation runs, the longest jobs, wait for them.
+    priority: 10
+    threads: config["train"]["threads"]
+    conda:
+        SOFTWARE_ENV
+    resources:
+        **resources_of("train"),
+    shell:
+        "gdis train --config {params.config} --method supervised --label-percent {wildcards.percent} "
+        "--fold {wildcards.fold} --split-dir {params.split_dir} --out-dir {params.out_dir} 2> {log}"
+
+
+rule train_distillation:
     input:
         unpack(train_inputs),
     output:
@@ -17,6 +44,8 @@ rule train:
         teacher=lambda wildcards, input: f"--teacher {input.teacher}" if "teacher" in input.keys() else "",
     log:
         f"{LOG_DIR}/train/{NETWORK}/{{method}}_{{percent}}pct_fold{{fold}}.log",
+    wildcard_constraints:
+        method="standard_burnin|guided_distillation",
     threads: config["train"]["threads"]
     conda:
         SOFTWARE_ENV
@@ -24,5 +53,4 @@ rule train:
         **resources_of("train"),
     shell:
         "gdis train --config {params.config} --method {wildcards.method} --label-percent {wildcards.percent} "
-        "--fold {wildcards.fold} --split-dir {params.split_dir} "
-        "{params.teacher} --out-dir {params.out_dir} 2> {log}"
+        "--fold {wildcards.fold} --split-dir {params.split_dir} {params.teacher} --out-dir {params.out_dir} 2> {log}"
