@@ -41,27 +41,30 @@ def test_missing_required_key(capsys, tmp_path):
     assert code == 1 and "dataset: 'name' is a required property" in err
 
 
-def test_annotation_file_that_is_not_coco(capsys, micro_config_file, tmp_path):
+def _with_dataset(micro_config_file, tmp_path, **dataset) -> str:
+    """The micro config with some dataset keys replaced, written to a new file."""
     config = yaml.safe_load(micro_config_file.read_text())
-    broken = tmp_path / "broken.json"
-    broken.write_text(json.dumps({"images": [], "annotations": {}}))
-    config["dataset"]["train_annotations"] = str(broken)
+    config["dataset"].update({key: str(value) for key, value in dataset.items()})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    code, err = _run(capsys, "split", "--config", str(path), "--label-percent", "25", "--fold", "1",
+    return str(path)
+
+
+def test_annotation_file_that_is_not_coco(capsys, micro_config_file, tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"images": [], "annotations": {}}))
+    path = _with_dataset(micro_config_file, tmp_path, train_annotations=broken)
+    code, err = _run(capsys, "split", "--config", path, "--label-percent", "25", "--fold", "1",
                      "--out-dir", str(tmp_path / "split"))
     assert code == 1 and f"{broken} is not COCO: 'annotations' must be a list" in err
     assert not (tmp_path / "split").exists()
 
 
 def test_truncated_annotation_file(capsys, micro_config_file, tmp_path):
-    config = yaml.safe_load(micro_config_file.read_text())
     truncated = tmp_path / "truncated.json"
     truncated.write_text('{"images": [')
-    config["dataset"]["train_annotations"] = str(truncated)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    code, err = _run(capsys, "split", "--config", str(path), "--label-percent", "25", "--fold", "1",
+    path = _with_dataset(micro_config_file, tmp_path, train_annotations=truncated)
+    code, err = _run(capsys, "split", "--config", path, "--label-percent", "25", "--fold", "1",
                      "--out-dir", str(tmp_path / "split"))
     assert code == 1 and f"annotation file {truncated} is not valid JSON" in err
 
@@ -71,17 +74,14 @@ def test_missing_image_names_id_and_file(capsys, micro_config_file, micro_datase
 
     images = tmp_path / "train_images"
     shutil.copytree(micro_dataset / "train", images)
-    config = yaml.safe_load(micro_config_file.read_text())
-    config["dataset"]["train_images"] = str(images)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = _with_dataset(micro_config_file, tmp_path, train_images=images)
     split = tmp_path / "split"
-    assert _run(capsys, "split", "--config", str(path), "--label-percent", "100", "--fold", "1", "--out-dir", str(split))[0] == 0
+    assert _run(capsys, "split", "--config", path, "--label-percent", "100", "--fold", "1", "--out-dir", str(split))[0] == 0
     labeled = json.loads((split / "labeled.json").read_text())
     victim = labeled["images"][0]
     (images / victim["file_name"]).unlink()
     out = tmp_path / "run"
-    code, err = _run(capsys, "train", "--config", str(path), "--method", "supervised", "--label-percent", "100",
+    code, err = _run(capsys, "train", "--config", path, "--method", "supervised", "--label-percent", "100",
                      "--fold", "1", "--split-dir", str(split), "--out-dir", str(out))
     assert code == 1
     assert f"1 image file(s) not found: image {victim['id']}: {images / victim['file_name']}" in err
