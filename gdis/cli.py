@@ -74,6 +74,7 @@ def cmd_train(args) -> None:
     Trainer(
         config, args.method, split_dir / "labeled.json", split_dir / "unlabeled.json",
         dataset_paths(config)["train_images"], args.out_dir, teacher_checkpoint=args.teacher,
+        burn_in_checkpoint=args.burn_in_checkpoint,
         run_info={"label_percent": args.label_percent, "fold": args.fold, "split_dir": str(split_dir)},
     ).run()
 
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--fold", type=int, required=True)
     sub.add_argument("--split-dir", required=True, help="folder written by 'gdis split'")
     sub.add_argument("--teacher", help="pre-trained teacher checkpoint (guided_distillation: the supervised model)")
+    sub.add_argument("--burn-in-checkpoint",
+                     help="standard_burnin: continue from this burn_in.pt of the supervised run of the same split "
+                          "instead of repeating its first burn_in steps")
     sub.add_argument("--out-dir", required=True, help="writes model_final.pt, train_log.jsonl and run.json here")
     sub.set_defaults(func=cmd_train)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ from gdis.provenance import run_record
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "gdis-checkpoint-1"
+# A supervised run's full training state at step train.burn_in: where standard_burnin continues from.
+BURN_IN_CHECKPOINT = "burn_in.pt"
 
 
 class TrainingError(RuntimeError):
@@ -80,18 +83,24 @@ def _finite_or_fail(step: int, terms: dict[str, torch.Tensor]) -> None:
 class Trainer:
     """Trains one run and writes ``model_final.pt``, ``train_log.jsonl`` and ``run.json`` into ``out_dir``.
 
+    A supervised run also writes ``burn_in.pt`` when ``burn_in`` is below the iteration count.
+
     Work in progress lives in ``out_dir/work``: a rerun of a killed job resumes from its last checkpoint.
     """
 
     def __init__(self, config: dict, method: str, labeled_json: str, unlabeled_json: str, images_dir: str,
-                 out_dir: str, teacher_checkpoint: str | None = None, run_info: dict | None = None) -> None:
+                 out_dir: str, teacher_checkpoint: str | None = None, burn_in_checkpoint: str | None = None,
+                 run_info: dict | None = None) -> None:
         self.config, self.method, self.train = config, method, config["train"]
         self.out_dir = Path(out_dir)
         self.work_dir = self.out_dir / "work"
         self.run_info = run_info or {}
         if method == distill.GUIDED and not teacher_checkpoint:
             raise ValueError("guided_distillation needs --teacher, the supervised checkpoint of the same split")
+        if burn_in_checkpoint and method != distill.STANDARD:
+            raise ValueError(f"--burn-in-checkpoint is for standard_burnin, not {method}")
         self.teacher_checkpoint = str(teacher_checkpoint) if teacher_checkpoint else None
+        self.burn_in_checkpoint = str(burn_in_checkpoint) if burn_in_checkpoint else None
 
         labeled = load_coco(labeled_json)
         self.category_ids = category_ids(labeled)
@@ -140,6 +149,23 @@ class Trainer:
         if state["train_config"] != json.dumps(self.train, sort_keys=True) or state["method"] != self.method:
             log.warning("ignoring %s: it was written with another method or training config", path)
             return None
+        self._restore(state)
+        log.info("resuming from %s at step %d", path, self.step)
+        return state["rng_state"]
+
+    def _continue_supervised_run(self) -> torch.Tensor:
+        """standard_burnin's first ``burn_in`` steps are a supervised run's: start from its checkpoint at that step."""
+        path, burn_in = self.burn_in_checkpoint, self.train["burn_in"]
+        state = load_checkpoint(path)
+        found = (state["method"], state["step"], state["train_config"], state["category_ids"])
+        if found != (distill.SUPERVISED, burn_in, json.dumps(self.train, sort_keys=True), self.category_ids):
+            raise ValueError(f"{path} is not the step-{burn_in} checkpoint of a supervised run with this training "
+                             f"config and categories (it has method {state['method']}, step {state['step']})")
+        self._restore(state)
+        log.info("continuing the supervised run of %s from step %d", path, self.step)
+        return state["rng_state"]
+
+    def _restore(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
         if state["ema_teacher"] is not None:
             self.teacher.load_state_dict(state["ema_teacher"])
@@ -147,8 +173,6 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.log_records = json.loads(state["log_records"])
         self.step = state["step"]
-        log.info("resuming from %s at step %d", path, self.step)
-        return state["rng_state"]
 
     def _load_pretrained_teacher(self) -> None:
         state = load_checkpoint(self.teacher_checkpoint)
@@ -206,6 +230,8 @@ class Trainer:
     def run(self) -> None:
         train = self.train
         rng_state = self._resume()
+        if rng_state is None and self.burn_in_checkpoint:
+            rng_state = self._continue_supervised_run()
         if self.method == distill.GUIDED and self.step <= train["burn_in"]:
             self._load_pretrained_teacher()
         remaining = train["iterations"] - self.step
@@ -236,6 +262,8 @@ class Trainer:
                 progress.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
             if self.step % train["checkpoint_period"] == 0 and self.step < train["iterations"]:
                 save_checkpoint(self.work_dir / "last.pt", **self._state())
+            if self.method == distill.SUPERVISED and self.step == train["burn_in"]:
+                save_checkpoint(self.work_dir / BURN_IN_CHECKPOINT, **self._state())
         progress.close()
         self._finish(time.perf_counter() - started)
 
@@ -248,8 +276,11 @@ class Trainer:
         write_json(self.out_dir / "run.json", run_record(
             self.config, method=self.method, iterations=self.step, weights=self.student.weights,
             seconds=round(seconds, 1), teacher_checkpoint=self.teacher_checkpoint,
+            burn_in_checkpoint=self.burn_in_checkpoint,
             num_labeled_images=len(self.labeled), category_ids=self.category_ids, **self.run_info,
         ), indent=1)
+        if (self.work_dir / BURN_IN_CHECKPOINT).exists():
+            os.replace(self.work_dir / BURN_IN_CHECKPOINT, self.out_dir / BURN_IN_CHECKPOINT)
         (self.work_dir / "last.pt").unlink(missing_ok=True)
         if self.work_dir.is_dir() and not any(self.work_dir.iterdir()):
             self.work_dir.rmdir()

@@ -16,10 +16,10 @@ def split_dir(micro_dataset, tmp_path):
     return tmp_path / "split"
 
 
-def _trainer(config, method, split_dir, micro_dataset, out_dir, teacher=None):
+def _trainer(config, method, split_dir, micro_dataset, out_dir, teacher=None, burn_in_checkpoint=None):
     torch.set_num_threads(1)
     return Trainer(config, method, split_dir / "labeled.json", split_dir / "unlabeled.json",
-                   micro_dataset / "train", out_dir, teacher_checkpoint=teacher,
+                   micro_dataset / "train", out_dir, teacher_checkpoint=teacher, burn_in_checkpoint=burn_in_checkpoint,
                    run_info={"label_percent": 25.0, "fold": 1})
 
 
@@ -115,3 +115,40 @@ def test_non_finite_loss_stops_with_step_and_term(micro_config, split_dir, micro
 def test_guided_distillation_requires_teacher(micro_config, split_dir, micro_dataset, tmp_path):
     with pytest.raises(ValueError, match="guided_distillation needs --teacher"):
         _trainer(micro_config, "guided_distillation", split_dir, micro_dataset, tmp_path / "x")
+
+
+def test_standard_burnin_continues_the_supervised_run(micro_config, split_dir, micro_dataset, supervised_checkpoint,
+                                                     tmp_path, monkeypatch):
+    """The supervised run saves its state at burn_in; standard_burnin starts there and copies the student at once."""
+    burn_in, iterations = micro_config["train"]["burn_in"], micro_config["train"]["iterations"]
+    saved = load_checkpoint(supervised_checkpoint.parent / "burn_in.pt")
+    assert (saved["method"], saved["step"]) == ("supervised", burn_in)
+    assert not (supervised_checkpoint.parent / "work").exists()
+
+    trainer = _trainer(micro_config, "standard_burnin", split_dir, micro_dataset, tmp_path / "sb",
+                       burn_in_checkpoint=supervised_checkpoint.parent / "burn_in.pt")
+    trained_steps = []
+    original_step = trainer._train_step
+
+    def spy(*batches):
+        if not trained_steps:
+            student = trainer.student.state_dict()
+            assert all(torch.equal(student[k], saved["student"][k]) for k in student)
+        trained_steps.append(trainer.step)
+        return original_step(*batches)
+
+    monkeypatch.setattr(trainer, "_train_step", spy)
+    trainer.run()
+    assert trained_steps == list(range(burn_in, iterations))
+    final = load_checkpoint(tmp_path / "sb" / "model_final.pt")
+    assert final["ema_teacher"] is not None and final["step"] == iterations
+    assert len((tmp_path / "sb" / "train_log.jsonl").read_text().splitlines()) == iterations
+
+
+def test_burn_in_checkpoint_must_match_the_training_config(micro_config, split_dir, micro_dataset,
+                                                           supervised_checkpoint, tmp_path):
+    micro_config["train"]["lr"] *= 2
+    trainer = _trainer(micro_config, "standard_burnin", split_dir, micro_dataset, tmp_path / "sb",
+                       burn_in_checkpoint=supervised_checkpoint.parent / "burn_in.pt")
+    with pytest.raises(ValueError, match=r"burn_in\.pt is not the step-2 checkpoint of a supervised run"):
+        trainer.run()

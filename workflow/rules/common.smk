@@ -88,9 +88,33 @@ def train_inputs(wildcards):
         "unlabeled": f"{SPLIT_DIR}/unlabeled.json".format(**wildcards),
         "images": DATA["train_images"],
     }
+    supervised_run = SUPERVISED_RUN_DIR.format(percent=wildcards.percent, fold=wildcards.fold)
     if wildcards.get("method") == "guided_distillation":
-        inputs["teacher"] = f"{SUPERVISED_RUN_DIR}/model_final.pt".format(percent=wildcards.percent, fold=wildcards.fold)
+        inputs["teacher"] = f"{supervised_run}/model_final.pt"
+    if wildcards.get("method") == "standard_burnin":
+        inputs["burn_in_checkpoint"] = f"{supervised_run}/burn_in.pt"
     return inputs
+
+
+def start_options(wildcards, input):
+    """gdis train options naming what a distillation run starts from: its teacher or the supervised burn-in."""
+    if "teacher" in input.keys():
+        return f"--teacher {input.teacher}"
+    return f"--burn-in-checkpoint {input.burn_in_checkpoint}"
+
+
+def supervised_burn_in_output():
+    """A supervised run saves its state at step burn_in, which standard_burnin continues from."""
+    if config["train"]["burn_in"] < config["train"]["iterations"]:
+        return {"burn_in": f"{SUPERVISED_RUN_DIR}/burn_in.pt"}
+    return {}
+
+
+def training_priority(wildcards):
+    """Supervised runs that distillation runs wait for first, then distillation, the 100 % upper bound last."""
+    if wildcards.get("method", "supervised") != "supervised":
+        return 5
+    return 0 if wildcards.percent == FULL else 10
 
 
 def report_outputs():

@@ -8,6 +8,7 @@ rule train_supervised:
         checkpoint=f"{SUPERVISED_RUN_DIR}/model_final.pt",
         log=f"{SUPERVISED_RUN_DIR}/train_log.jsonl",
         record=f"{SUPERVISED_RUN_DIR}/run.json",
+        **supervised_burn_in_output(),
     params:
         config=CONFIG_ARGS,
         model=config["model"],
@@ -16,8 +17,7 @@ rule train_supervised:
         split_dir=lambda wildcards, input: os.path.dirname(input.labeled),
     log:
         f"{LOG_DIR}/train/{NETWORK}/supervised_{{percent}}pct_fold{{fold}}.log",
-    # Teachers first: the guided-distillation runs, the longest jobs, wait for them.
-    priority: 10
+    priority: training_priority
     threads: config["train"]["threads"]
     conda:
         SOFTWARE_ENV
@@ -41,11 +41,12 @@ rule train_distillation:
         train=config["train"],
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         split_dir=lambda wildcards, input: os.path.dirname(input.labeled),
-        teacher=lambda wildcards, input: f"--teacher {input.teacher}" if "teacher" in input.keys() else "",
+        start=start_options,
     log:
         f"{LOG_DIR}/train/{NETWORK}/{{method}}_{{percent}}pct_fold{{fold}}.log",
     wildcard_constraints:
         method="standard_burnin|guided_distillation",
+    priority: training_priority
     threads: config["train"]["threads"]
     conda:
         SOFTWARE_ENV
@@ -53,4 +54,4 @@ rule train_distillation:
         **resources_of("train"),
     shell:
         "gdis train --config {params.config} --method {wildcards.method} --label-percent {wildcards.percent} "
-        "--fold {wildcards.fold} --split-dir {params.split_dir} {params.teacher} --out-dir {params.out_dir} 2> {log}"
+        "--fold {wildcards.fold} --split-dir {params.split_dir} {params.start} --out-dir {params.out_dir} 2> {log}"
