@@ -112,6 +112,8 @@ def _check_cross_fields(config: dict) -> None:
             problems.append("dataset.synthetic.min_objects: must not exceed dataset.synthetic.max_objects")
         if synthetic["min_object_size"] > synthetic["max_object_size"]:
             problems.append("dataset.synthetic.min_object_size: must not exceed dataset.synthetic.max_object_size")
+    if config["splits"]["protocol"] == "list" and not config["splits"]["list_file"]:
+        problems.append("splits.list_file: required when splits.protocol is 'list'")
     percents = config["splits"]["label_percents"]
     if len(set(percents)) != len(percents):
         problems.append(f"splits.label_percents: {percents} lists a percentage twice")
@@ -148,5 +150,30 @@ def dataset_paths(config: dict) -> dict[str, str]:
             "val_images": f"{root}/val",
             "val_annotations": f"{root}/annotations/val.json",
         }
+    if dataset["source"] == "coco2017":
+        root = f"data/{dataset['name']}"
+        return {
+            "train_images": f"{root}/train2017",
+            "train_annotations": f"{root}/annotations/instances_train2017.json",
+            "val_images": f"{root}/val2017",
+            "val_annotations": f"{root}/annotations/instances_val2017.json",
+        }
+    if dataset["source"] == "cityscapes":
+        root = f"data/{dataset['name']}"
+        return {
+            "train_images": f"{root}/leftImg8bit/train",
+            "train_annotations": f"{root}/annotations/instances_train.json",
+            "val_images": f"{root}/leftImg8bit/val",
+            "val_annotations": f"{root}/annotations/instances_val.json",
+        }
     return {key: dataset[key] for key in ("train_images", "train_annotations", "val_images", "val_annotations")}
+
+
+def extra_unlabeled_paths(config: dict) -> dict[str, str]:
+    """Images folder and image-info file of extra unlabelled data (COCO unlabeled2017), or {} when unused."""
+    dataset = config["dataset"]
+    if dataset["source"] == "coco2017" and dataset["coco2017"]["unlabeled2017"]:
+        root = f"data/{dataset['name']}"
+        return {"images": f"{root}/unlabeled2017", "image_info": f"{root}/annotations/image_info_unlabeled2017.json"}
+    return {}
 

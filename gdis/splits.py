@@ -1,4 +1,4 @@
-"""Seeded label splits: which training images keep their labels.
+"""Label splits: which training images keep their labels (protocols in ``gdis.protocols``).
 
 The gdis protocol shuffles the image ids (sorted, so file order does not matter) with a
 generator seeded by ``(seed, fold)`` and labels the first ``round(percent / 100 * N)``
@@ -13,8 +13,7 @@ import numpy as np
 
 from gdis.coco import load_coco
 from gdis.io import sha256_file, write_json
-
-PROTOCOL = "gdis"
+from gdis.protocols import PROTOCOLS, list_path, read_image_list, split_name, stac_labeled_indices
 
 
 def num_labeled(num_images: int, label_percent: float) -> int:
@@ -31,6 +30,20 @@ def labeled_image_ids(image_ids: list[int], label_percent: float, fold: int, see
     permutation = rng.permutation(len(ordered))
     chosen = permutation[: num_labeled(len(ordered), label_percent)]
     return sorted(ordered[i] for i in chosen)
+
+
+def choose_labeled(images: list[dict], protocol: str, label_percent: float, fold: int, seed: int,
+                   list_file: str | None = None) -> list[int]:
+    """The labelled image ids (increasing) of one split under ``protocol`` (see ``gdis.protocols``)."""
+    if protocol == "gdis":
+        return labeled_image_ids([image["id"] for image in images], label_percent, fold, seed)
+    if protocol == "stac":
+        return sorted(images[index]["id"] for index in stac_labeled_indices(len(images), label_percent, fold))
+    if protocol == "list":
+        if not list_file:
+            raise ValueError("splits.protocol is 'list' but splits.list_file is not set")
+        return read_image_list(list_path(list_file, label_percent, fold), images)
+    raise ValueError(f"splits.protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
 def split_coco(coco: dict, labeled_ids: set[int], unlabeled: str) -> tuple[dict, dict]:
@@ -59,15 +72,29 @@ def write_split(
     fold: int,
     seed: int,
     unlabeled: str = "all",
+    protocol: str = "gdis",
+    list_file: str | None = None,
+    extra_unlabeled: list[dict] | None = None,
 ) -> dict:
-    """Write ``labeled.json``, ``unlabeled.json`` and ``manifest.json`` into ``out_dir``; return the manifest."""
+    """Write ``labeled.json``, ``unlabeled.json`` and ``manifest.json`` into ``out_dir``; return the manifest.
+
+    ``extra_unlabeled`` images (e.g. COCO unlabeled2017) are appended to the unlabelled set.
+    """
     out_dir = Path(out_dir)
     coco = load_coco(annotations_path)
     image_ids = [image["id"] for image in coco["images"]]
-    chosen = labeled_image_ids(image_ids, label_percent, fold, seed)
+    chosen = choose_labeled(coco["images"], protocol, label_percent, fold, seed, list_file)
     labeled, unlabeled_coco = split_coco(coco, set(chosen), unlabeled)
+    if extra_unlabeled:
+        known = set(image_ids)
+        clashes = [image["id"] for image in extra_unlabeled if image["id"] in known]
+        if clashes:
+            raise ValueError(f"extra unlabelled image id {clashes[0]} is also a training image id")
+        unlabeled_coco["images"] += extra_unlabeled
     manifest = {
-        "protocol": PROTOCOL,
+        "protocol": protocol,
+        "split_name": split_name(label_percent, fold),
+        "list_file": str(list_path(list_file, label_percent, fold)) if protocol == "list" else None,
         "source_annotations": str(annotations_path),
         "source_sha256": sha256_file(annotations_path),
         "label_percent": label_percent,
@@ -77,6 +104,7 @@ def write_split(
         "num_images": len(image_ids),
         "num_labeled": len(chosen),
         "num_unlabeled": len(unlabeled_coco["images"]),
+        "num_extra_unlabeled": len(extra_unlabeled or []),
         "labeled_image_ids": chosen,
     }
     write_json(out_dir / "labeled.json", labeled)

@@ -1,0 +1,198 @@
+"""Obtaining COCO 2017: link a local copy, or download, verify and unpack the official archives.
+
+A download is written to ``<name>.part`` and renamed to its final name only after its size
+and MD5 are verified, so a file with the final name is always complete. An interrupted
+transfer resumes from the ``.part`` file with an HTTP Range request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from gdis.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+TIMEOUT_S = 60
+# Archive -> the folders or files it holds that the dataset uses.
+COCO_ARCHIVE_CONTENTS = {
+    "train2017": ["train2017"],
+    "val2017": ["val2017"],
+    "annotations_trainval2017": ["annotations/instances_train2017.json", "annotations/instances_val2017.json"],
+    "unlabeled2017": ["unlabeled2017"],
+    "image_info_unlabeled2017": ["annotations/image_info_unlabeled2017.json"],
+}
+
+
+class DownloadError(RuntimeError):
+    """A download failed or did not verify; the message names the URL and what was expected."""
+
+
+def md5_file(path: str | os.PathLike):
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest
+
+
+def _total_size(response, offset: int) -> int | None:
+    """Full size of the remote file from Content-Range (206) or Content-Length (200)."""
+    content_range = response.headers.get("Content-Range")
+    if content_range and "/" in content_range and not content_range.endswith("/*"):
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length")
+    return None if length is None else int(length) + offset
+
+
+def _transfer(url: str, part: Path, hashing: dict, progress: bool) -> int | None:
+    """Append the rest of ``url`` to ``part`` (resuming at its size); return the announced total size.
+
+    ``hashing["md5"]`` is the running MD5 of ``part``; it restarts when the server cannot resume.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:  # the part file already holds everything
+            return offset
+        raise
+    with response:
+        if offset and response.status != 206:
+            log.info("%s: the server does not resume; starting again from byte 0", url)
+            offset = 0
+            part.unlink()
+            hashing["md5"] = hashlib.md5()
+        total = _total_size(response, offset)
+        with open(part, "ab") as handle, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
+                                              desc=part.name.removesuffix(".part"), disable=not progress) as bar:
+            for block in iter(lambda: response.read(CHUNK_BYTES), b""):
+                handle.write(block)
+                hashing["md5"].update(block)
+                bar.update(len(block))
+    return total
+
+
+def download(url: str, destination: str | os.PathLike, md5: str, size: int | None = None, retries: int = 5,
+             progress: bool = True) -> Path:
+    """Download ``url`` to ``destination`` unless it is already there; verify size and MD5.
+
+    Each of ``retries`` attempts resumes where the previous one stopped. On a size or MD5
+    mismatch the partial file is deleted (the next run starts afresh) and DownloadError names
+    the URL, the expected and the received values.
+    """
+    destination = Path(destination)
+    if destination.exists():
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    part = destination.with_name(destination.name + ".part")
+    hashing = {"md5": md5_file(part) if part.exists() else hashlib.md5()}
+    total = None
+    for attempt in range(1, retries + 1):
+        try:
+            total = _transfer(url, part, hashing, progress)
+            received = part.stat().st_size
+            if total is None or received >= total:
+                break
+            error = f"connection closed at byte {received} of {total}"
+        except (OSError, http.client.HTTPException) as exception:
+            if isinstance(exception, urllib.error.HTTPError) and exception.code < 500:
+                raise DownloadError(f"{url}: HTTP {exception.code} {exception.reason}") from None
+            error = str(exception) or type(exception).__name__
+        received = part.stat().st_size if part.exists() else 0
+        log.warning("%s: attempt %d of %d stopped at byte %d: %s", url, attempt, retries, received, error)
+        if attempt == retries:
+            raise DownloadError(f"{url}: gave up after {retries} attempts at byte {received} ({error}); "
+                                f"rerun to resume from {part}")
+    received = part.stat().st_size
+    expected_size = size or total
+    problem = None
+    if expected_size is not None and received != expected_size:
+        problem = f"size {received} bytes, expected {expected_size}"
+    elif hashing["md5"].hexdigest() != md5:
+        problem = f"MD5 {hashing['md5'].hexdigest()}, expected {md5}"
+    if problem:
+        part.unlink()
+        raise DownloadError(f"{url}: downloaded file has {problem}; deleted it, rerun to download again "
+                            "(check coco2017.base_url and coco2017.archives)")
+    os.replace(part, destination)
+    log.info("%s: %d bytes, MD5 verified -> %s", url, received, destination)
+    return destination
+
+
+def unpack(archive: str | os.PathLike, root: str | os.PathLike, members: list[str]) -> None:
+    """Extract ``members`` (paths inside ``archive``) and move them into ``root``, each replaced atomically.
+
+    Unpacking again gives the same tree; a killed unpack leaves only a hidden temporary folder.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".unpack-{Path(archive).stem}.", dir=root))
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            wanted = [name for name in handle.namelist()
+                      if any(name.rstrip("/") == member or name.startswith(member + "/") for member in members)]
+            handle.extractall(scratch, members=wanted)
+        for member in members:
+            source, target = scratch / member, root / member
+            if not source.exists():
+                raise DownloadError(f"archive {archive} does not hold {member}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(source, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def coco_archives(coco2017: dict) -> list[str]:
+    """Names of the archives the configured COCO 2017 needs."""
+    names = ["train2017", "val2017", "annotations_trainval2017"]
+    if coco2017["unlabeled2017"]:
+        names += ["unlabeled2017", "image_info_unlabeled2017"]
+    return names
+
+
+def link_local_copy(local_copy: str | os.PathLike, root: str | os.PathLike, members: list[str]) -> None:
+    """Symlink each of ``members`` of an existing COCO folder into ``root`` (nothing is copied)."""
+    local_copy, root = Path(local_copy).resolve(), Path(root)
+    missing = [member for member in members if not (local_copy / member).exists()]
+    if missing:
+        raise FileNotFoundError(f"dataset.coco2017.local_copy {local_copy} lacks {', '.join(missing)}")
+    for member in members:
+        target = root / member
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            tmp.unlink()
+            tmp.symlink_to(local_copy / member)
+
+
+def prepare_coco2017(coco2017: dict, root: str | os.PathLike, progress: bool = True) -> None:
+    """Make ``root`` hold COCO 2017 in its usual layout, from a local copy or the (resumable) downloads."""
+    root = Path(root)
+    names = coco_archives(coco2017)
+    members = [member for name in names for member in COCO_ARCHIVE_CONTENTS[name]]
+    if coco2017["local_copy"]:
+        link_local_copy(coco2017["local_copy"], root, members)
+        log.info("linked %s from %s into %s", ", ".join(members), coco2017["local_copy"], root)
+        return
+    for name in names:
+        spec = coco2017["archives"][name]
+        url = coco2017["base_url"].rstrip("/") + "/" + spec["path"].lstrip("/")
+        archive = download(url, root / "downloads" / Path(spec["path"]).name, spec["md5"], spec.get("size"),
+                           coco2017["retries"], progress)
+        unpack(archive, root, COCO_ARCHIVE_CONTENTS[name])
+        log.info("unpacked %s into %s", archive, root)
