@@ -52,16 +52,47 @@ def cmd_synthesize(args) -> None:
     log.info("wrote the synthetic dataset to %s", args.out_dir)
 
 
-def cmd_split(args) -> None:
+def cmd_prepare_dataset(args) -> None:
     from gdis.config import dataset_paths, load_config
+
+    config = load_config(args.config)
+    dataset = config["dataset"]
+    root = Path(dataset_paths(config)["train_annotations"]).parents[1]
+    if dataset["source"] == "coco2017":
+        from gdis.download import prepare_coco2017
+
+        prepare_coco2017(dataset["coco2017"], root, progress=not args.no_progress)
+    elif dataset["source"] == "cityscapes":
+        from gdis.cityscapes import prepare_cityscapes
+
+        cityscapes = dataset["cityscapes"]
+        prepare_cityscapes(cityscapes["archives_dir"] or root / "archives", root, cityscapes["workers"])
+    else:
+        raise ValueError(f"dataset.source is {dataset['source']!r}: only coco2017 and cityscapes are prepared")
+    log.info("%s is ready in %s", dataset["name"], root)
+
+
+def cmd_split(args) -> None:
+    import os
+
+    from gdis.coco import load_coco
+    from gdis.config import dataset_paths, extra_unlabeled_paths, load_config
     from gdis.splits import write_split
 
     config = load_config(args.config)
     splits = config["splits"]
-    manifest = write_split(dataset_paths(config)["train_annotations"], args.out_dir, args.label_percent, args.fold,
-                           splits["seed"], splits["unlabeled"])
-    log.info("split %s%% fold %d: %d of %d images labelled, %d unlabelled -> %s", args.label_percent, args.fold,
-             manifest["num_labeled"], manifest["num_images"], manifest["num_unlabeled"], args.out_dir)
+    paths = dataset_paths(config)
+    extra = extra_unlabeled_paths(config)
+    extra_images = None
+    if extra:  # file names relative to the training images folder, where training looks for them
+        prefix = os.path.relpath(extra["images"], paths["train_images"])
+        extra_images = [{**image, "file_name": f"{prefix}/{image['file_name']}"}
+                        for image in load_coco(extra["image_info"])["images"]]
+    manifest = write_split(paths["train_annotations"], args.out_dir, args.label_percent, args.fold,
+                           splits["seed"], splits["unlabeled"], splits["protocol"], splits["list_file"], extra_images)
+    log.info("%s split %s: %d of %d images labelled, %d unlabelled -> %s", manifest["protocol"],
+             manifest["split_name"], manifest["num_labeled"], manifest["num_images"], manifest["num_unlabeled"],
+             args.out_dir)
 
 
 def cmd_train(args) -> None:
@@ -96,7 +127,7 @@ def cmd_evaluate(args) -> None:
     row = {
         "dataset": config["dataset"]["name"], "arch": config["model"]["arch"], "backbone": config["model"]["backbone"],
         "weights": run["weights"], "method": state["method"], "label_percent": run["label_percent"],
-        "fold": run["fold"], "model": args.model, "iteration": state["step"], **metrics,
+        "fold": run["fold"], "protocol": config["splits"]["protocol"], "model": args.model, "iteration": state["step"], **metrics,
     }
     write_json(args.metrics, row, indent=1)
     log.info("%s %s: mask AP %.2f, box AP %.2f -> %s", state["method"], args.model, metrics["mask_AP"],
@@ -145,7 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out-dir", required=True, help="dataset folder to create (replaced atomically)")
     sub.set_defaults(func=cmd_synthesize)
 
-    sub = commands.add_parser("split", help="draw a seeded label split of the training annotations")
+    sub = commands.add_parser("prepare-dataset", help="link or download COCO 2017, or unpack and convert Cityscapes")
+    _add_config(sub)
+    sub.add_argument("--no-progress", action="store_true", help="no download progress bar")
+    sub.set_defaults(func=cmd_prepare_dataset)
+
+    sub = commands.add_parser(
+        "split", help="draw a label split of the training annotations (protocol: gdis, stac or list)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Draw the labelled images of one split under the protocol set by splits.protocol:\n\n"
+                    "  gdis  seeded with (splits.seed, fold), independent of file order; round(p/100*N) images;\n"
+                    "        nested: the 1 % images of a fold are among its 5 % ones.\n"
+                    "  stac  the STAC / mmdetection split_coco files, image for image: legacy NumPy RandomState\n"
+                    "        seeded with the fold, int(p/100*N) draws with replacement over the images in file\n"
+                    "        order (so fewer distinct images); the field's split '{fold}@{percent}'.\n"
+                    "  list  the images named in splits.list_file ({percent} and {fold} filled in): one\n"
+                    "        image id or file name per line, e.g. fixed Cityscapes lists.\n\n"
+                    "Writes labeled.json (COCO, with annotations), unlabeled.json (labels removed) and\n"
+                    "manifest.json (protocol, split name, source SHA-256, the labelled image ids).")
     _add_config(sub)
     sub.add_argument("--label-percent", type=_percent, required=True, help="percentage of labelled images, e.g. 0.4")
     sub.add_argument("--fold", type=int, required=True, help="fold number (seeds the draw)")

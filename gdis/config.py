@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -177,3 +178,29 @@ def extra_unlabeled_paths(config: dict) -> dict[str, str]:
         return {"images": f"{root}/unlabeled2017", "image_info": f"{root}/annotations/image_info_unlabeled2017.json"}
     return {}
 
+
+
+_DATASET_TARGET = re.compile(r"^(?:results/(?:tables|plots)/(?P<report>[A-Za-z0-9][A-Za-z0-9_-]*)\.(?:csv|md|png)"
+                             r"|(?:results/[a-z]+|data)/(?P<step>[A-Za-z0-9][A-Za-z0-9_-]*)/.*)$")
+
+
+def dataset_plans(targets: Iterable[str], config_dir: str | Path) -> list[str]:
+    """The dataset plan (``<config_dir>/<name>.yaml``) that requested targets name, as a list of at most one.
+
+    ``results/tables/coco.csv``, ``results/plots/coco_training.png`` and ``results/splits/coco/...`` all
+    name ``coco``. Targets of two different planned datasets cannot share one run.
+    """
+    plans = set()
+    for target in targets:
+        match = _DATASET_TARGET.match(str(target))
+        if not match:
+            continue
+        name = match["report"] or match["step"]
+        for candidate in (name, name.removesuffix("_training")):
+            plan = Path(config_dir) / f"{candidate}.yaml"
+            if plan.is_file():
+                plans.add(str(plan))
+                break
+    if len(plans) > 1:
+        raise ValueError(f"targets name several dataset plans ({', '.join(sorted(plans))}); run one dataset at a time")
+    return sorted(plans)

@@ -18,6 +18,8 @@ import numpy as np
 from gdis.config import format_percent
 
 PROTOCOLS = ("gdis", "stac", "list")
+# A Cityscapes annotation file named in a list stands for its image (the reference code's lists name them).
+CITYSCAPES_ANNOTATION_SUFFIXES = ("_gtFine_instanceIds.png", "_gtFine_polygons.json")
 
 
 def stac_labeled_indices(num_images: int, label_percent: float, fold: int) -> list[int]:
@@ -43,7 +45,8 @@ def read_image_list(path: str | Path, images: list[dict]) -> list[int]:
     """Image ids named by a list file: one image id or file name per line ('#' starts a comment).
 
     A name matches an image whose ``file_name`` equals it or ends with ``/`` + it, so both
-    ``aachen/aachen_000000_000019_leftImg8bit.png`` and its base name work.
+    ``aachen/aachen_000000_000019_leftImg8bit.png`` and its base name work, as does the name of
+    its Cityscapes annotation, ``aachen_000000_000019_gtFine_instanceIds.png``.
     """
     path = Path(path)
     try:
@@ -64,7 +67,10 @@ def read_image_list(path: str | Path, images: list[dict]) -> list[int]:
         if entry in by_id:
             chosen.append(by_id[entry])
             continue
-        matches = by_name.get(entry.lstrip("./"), [])
+        name = entry.lstrip("./")
+        for annotation_suffix in CITYSCAPES_ANNOTATION_SUFFIXES:
+            name = name.removesuffix(annotation_suffix) + "_leftImg8bit.png" if name.endswith(annotation_suffix) else name
+        matches = by_name.get(name, [])
         if len(matches) != 1:
             problem = "matches no image id or file name" if not matches else f"matches {len(matches)} images"
             raise ValueError(f"split list {path}, line {number}: {entry!r} {problem} of the training annotations")

@@ -16,13 +16,17 @@ from matplotlib.ticker import NullLocator
 
 from gdis.config import format_percent
 from gdis.io import atomic_path, read_json, write_text
+from gdis.published import published_for
 
-TABLE_COLUMNS = ["dataset", "arch", "backbone", "weights", "method", "label_percent", "fold", "model", "iteration",
-                 "mask_AP", "mask_AP50", "mask_AP75", "mask_APs", "mask_APm", "mask_APl", "box_AP", "box_AP50", "box_AP75"]
+TABLE_COLUMNS = ["dataset", "arch", "backbone", "weights", "protocol", "method", "label_percent", "fold", "model",
+                 "iteration", "mask_AP", "mask_AP50", "mask_AP75", "mask_APs", "mask_APm", "mask_APl", "box_AP", "box_AP50", "box_AP75"]
 METHOD_ORDER = ["supervised", "standard_burnin", "guided_distillation"]
 MODEL_ORDER = ["student", "ema_teacher"]
-CONFIG_COLUMNS = ["dataset", "arch", "backbone", "weights"]
+CONFIG_COLUMNS = ["dataset", "arch", "backbone", "weights", "protocol"]
 AP_COLUMNS = TABLE_COLUMNS[TABLE_COLUMNS.index("mask_AP"):]
+# The published mask AP of the same dataset, method and label percentage, beside ours (gdis/published_results.yaml).
+PAPER_COLUMNS = ["paper_mask_AP", "paper_entry"]
+CSV_COLUMNS = TABLE_COLUMNS + PAPER_COLUMNS
 METHOD_COLORS = {"supervised": "tab:gray", "standard_burnin": "tab:blue", "guided_distillation": "tab:red"}
 METHOD_NAMES = {"supervised": "supervised", "standard_burnin": "standard burn-in",
                 "guided_distillation": "guided distillation"}
@@ -47,7 +51,7 @@ def _read_metrics(path: Path) -> dict:
     if data["model"] not in MODEL_ORDER:
         raise ValueError(f"metrics file {path}: unknown model {data['model']!r} (expected one of {MODEL_ORDER})")
     try:
-        row = {key: str(data[key]) for key in ["dataset", "arch", "backbone", "weights", "method", "model"]}
+        row = {key: str(data[key]) for key in ["dataset", "arch", "backbone", "weights", "protocol", "method", "model"]}
         row["label_percent"] = float(data["label_percent"])
         row["fold"] = int(data["fold"])
         row["iteration"] = int(data["iteration"])
@@ -75,12 +79,20 @@ def collect_metrics(metric_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return table[TABLE_COLUMNS].reset_index(drop=True)
 
 
+def with_published(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` plus PAPER_COLUMNS: the published mask AP of the row's dataset, method and label % (else empty)."""
+    published = pd.concat([published_for(dataset) for dataset in table["dataset"].unique()])
+    published = published.dropna(subset=["method"]).rename(columns={"mask_AP": "paper_mask_AP", "entry": "paper_entry"})
+    keys = ["dataset", "method", "label_percent"]
+    return table.merge(published[keys + PAPER_COLUMNS], on=keys, how="left", validate="many_to_one")
+
+
 def render_csv(table: pd.DataFrame) -> str:
-    """Tidy CSV text: TABLE_COLUMNS, label % as given (0.4, 5, 100), AP rounded to 2 decimals."""
-    out = table[TABLE_COLUMNS].copy()
+    """Tidy CSV text: CSV_COLUMNS, label % as given (0.4, 5, 100), AP rounded to 2 decimals."""
+    out = with_published(table[TABLE_COLUMNS])
     out["label_percent"] = out["label_percent"].map(format_percent)
     out[AP_COLUMNS] = out[AP_COLUMNS].round(2)
-    return out.to_csv(index=False, lineterminator="\n")
+    return out[CSV_COLUMNS].to_csv(index=False, lineterminator="\n")
 
 
 def _cell(values: pd.Series) -> str:
@@ -108,16 +120,33 @@ def _wide_table(table: pd.DataFrame, metric: str) -> list[str]:
     return lines
 
 
+def _published_table(dataset: str, percents: list[float]) -> list[str]:
+    """Markdown lines: the published mask AP of ``dataset`` at ``percents`` ([] when none is known)."""
+    published = published_for(dataset)
+    published = published[published["label_percent"].isin(percents)]
+    if published.empty:
+        return []
+    lines = ["Published mask AP (%) at the same percentages (gdis/published_results.yaml), – where none:", "",
+             "| published | " + " | ".join(f"{format_percent(p)} %" for p in percents) + " | source |",
+             "|---|" + "---:|" * len(percents) + "---|"]
+    for entry, rows in published.groupby("entry", sort=False):
+        values = dict(zip(rows["label_percent"], rows["mask_AP"]))
+        cells = [f"{values[p]:.1f}" if p in values else "–" for p in percents]
+        lines.append(f"| {entry} | " + " | ".join(cells) + f" | {rows['source'].iloc[0]} |")
+    return lines + [""]
+
+
 def render_markdown(table: pd.DataFrame) -> str:
-    """Paper-style Markdown: mask AP then box AP, one section per dataset/architecture configuration."""
+    """Paper-style Markdown: mask AP then box AP, one section per dataset/architecture/protocol configuration."""
     lines = []
     for config, group in table.groupby(CONFIG_COLUMNS, sort=True):
-        dataset, arch, backbone, weights = config
-        lines += [f"## {dataset}: {arch}, {backbone} backbone, {weights} weights", ""]
+        dataset, arch, backbone, weights, protocol = config
+        lines += [f"## {dataset}: {arch}, {backbone} backbone, {weights} weights, {protocol} splits", ""]
         for metric, name in [("mask_AP", "Mask AP"), ("box_AP", "Box AP")]:
             lines += [f"{name} on the val set (%), by percentage of labelled training images; "
                       "mean ± std over folds where there are several, – where no run exists.", ""]
             lines += _wide_table(group, metric) + [""]
+        lines += _published_table(dataset, sorted(group["label_percent"].unique()))
     return "\n".join(lines)
 
 
@@ -164,6 +193,11 @@ def plot_ap_vs_labels(table: pd.DataFrame, png_path: str | os.PathLike, title: s
         plotted.append(stats.index)
     if not plotted:
         raise ValueError("table has no mask AP to plot")
+    published = published_for(configs["dataset"].iloc[0])
+    published = published[published["label_percent"].isin(set(np.concatenate(plotted)))]
+    for index, (entry, rows) in enumerate(published.groupby("entry", sort=False)):
+        axes.plot(rows["label_percent"], rows["mask_AP"], color="black", alpha=0.6, linestyle=":",
+                  marker="osD^v<>"[index % 7], markerfacecolor="none", markersize=5, label=f"published: {entry}")
     percents = sorted(set(np.concatenate(plotted)))
     axes.set_xscale("log")
     axes.set_xlim(percents[0] / 1.5, percents[-1] * 1.5)

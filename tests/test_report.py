@@ -16,7 +16,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def metrics(**overrides) -> dict:
     """A complete metrics record; keyword arguments replace fields."""
     record = {"dataset": "shapes", "arch": "mask_rcnn", "backbone": "tiny", "weights": "random",
-              "method": "guided_distillation", "label_percent": 5.0, "fold": 1, "model": "ema_teacher",
+              "method": "guided_distillation", "label_percent": 5.0, "fold": 1, "protocol": "gdis", "model": "ema_teacher",
               "iteration": 600, "num_images": 100,
               "mask_AP": 12.3, "mask_AP50": 30.1, "mask_AP75": 10.0, "mask_APs": 1.0, "mask_APm": 9.0,
               "mask_APl": 20.0, "box_AP": 14.2, "box_AP50": 33.0, "box_AP75": 12.0}
@@ -91,14 +91,14 @@ def test_write_table_csv_is_tidy_rounded_and_byte_stable(tmp_path, folds_table):
     report.write_table(folds_table, csv_path, markdown_path)
     first = csv_path.read_bytes()
     lines = first.decode().splitlines()
-    assert lines[0] == ",".join(report.TABLE_COLUMNS)
+    assert lines[0] == ",".join(report.CSV_COLUMNS)
     assert len(lines) == 1 + len(folds_table)
     rows = [line.split(",") for line in lines[1:]]
     percent_index = report.TABLE_COLUMNS.index("label_percent")
     assert [row[percent_index] for row in rows] == ["5", "100", "0.4", "0.4", "5", "5", "5", "5"]
     assert rows[0][report.TABLE_COLUMNS.index("mask_AP")] == "8.12"
     read_back = pd.read_csv(csv_path)
-    assert list(read_back.columns) == report.TABLE_COLUMNS
+    assert list(read_back.columns) == report.CSV_COLUMNS
     report.write_table(list(reversed(folds_table)), csv_path, markdown_path)
     assert csv_path.read_bytes() == first
 

@@ -7,7 +7,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from gdis.report import TABLE_COLUMNS
+from gdis.report import CSV_COLUMNS
 
 
 def _snakemake(workdir, *args, timeout=600) -> subprocess.CompletedProcess:
@@ -46,7 +46,7 @@ def test_micro_pipeline_end_to_end(workflow_copy):
     result = _snakemake(workflow_copy, "--cores", "2", "--configfile", "config/micro.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(workflow_copy / "results" / "tables" / "micro.csv")
-    assert list(table.columns) == TABLE_COLUMNS
+    assert list(table.columns) == CSV_COLUMNS
     rows = set(zip(table["method"], table["label_percent"], table["model"]))
     assert rows == {
         ("supervised", 25, "student"), ("supervised", 100, "student"),

@@ -1,5 +1,8 @@
 # Validated config, wildcard constraints, result paths and input functions shared by all rules.
-from gdis.config import ConfigError, dataset_paths, format_percent, load_config, validate_config
+import sys
+
+from gdis.protocols import list_path
+from gdis.config import ConfigError, dataset_paths, dataset_plans, extra_unlabeled_paths, format_percent, load_config, validate_config
 
 DEFAULT_CONFIG = "config/config.yaml"
 
@@ -9,11 +12,37 @@ if workflow.config_settings.config:
         "write them in a YAML file and add it with --configfile FILE"
     )
 
-# The gdis commands receive the same files, merged in the same order, as this workflow.
-CONFIG_FILES = [DEFAULT_CONFIG] + [str(path) for path in workflow.config_settings.configfiles]
+
+
+def requested_targets():
+    """The targets asked for. Snakemake sets its DAG settings only after reading the Snakefile,
+    so on the command line they are read from the arguments with Snakemake's own parser."""
+    if workflow.dag_settings is not None:
+        return list(workflow.dag_settings.targets)
+    from snakemake.cli import get_argument_parser
+
+    argv = sys.argv[1:]
+    explicit = argv[argv.index("--") + 1 :] if "--" in argv else []
+    try:
+        known, _ = get_argument_parser().parse_known_args(argv[: len(argv) - len(explicit) - bool(explicit)])
+    except SystemExit:
+        return explicit
+    return list(known.targets) + explicit
+
+
+# A target under results/ or data/ that names a dataset with a plan, config/<name>.yaml (e.g.
+# results/tables/coco.csv), adds that plan right after the default config; --configfile files still win.
 try:
-    validated = validate_config(config)
-    assert load_config(CONFIG_FILES) == validated, "merged config files differ from Snakemake's config"
+    DATASET_PLANS = dataset_plans(requested_targets(), "config")
+except ValueError as error:
+    raise WorkflowError(str(error)) from None
+USER_CONFIGS = [str(path) for path in workflow.config_settings.configfiles]
+# The gdis commands receive the same files, merged in the same order, as this workflow.
+CONFIG_FILES = [DEFAULT_CONFIG] + [plan for plan in DATASET_PLANS if plan not in USER_CONFIGS] + USER_CONFIGS
+try:
+    validated = load_config(CONFIG_FILES)
+    if CONFIG_FILES == [DEFAULT_CONFIG] + USER_CONFIGS:
+        assert validate_config(config) == validated, "merged config files differ from Snakemake's config"
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 config.clear()
@@ -24,6 +53,7 @@ SOFTWARE_ENV = "../../environment.yml"
 DATASET = config["dataset"]["name"]
 NETWORK = f"{config['model']['arch']}/{config['model']['backbone']}"
 DATA = dataset_paths(config)
+EXTRA_UNLABELED = extra_unlabeled_paths(config)
 DISTILLATION_METHODS = ["standard_burnin", "guided_distillation"]
 PERCENTS = [format_percent(p) for p in config["splits"]["label_percents"]]
 FOLDS = config["splits"]["folds"]
@@ -115,6 +145,18 @@ def training_priority(wildcards):
     if wildcards.get("method", "supervised") != "supervised":
         return 5
     return 0 if wildcards.percent == FULL else 10
+
+
+def split_list_file(wildcards):
+    """The user's list of labelled images of this split (protocol 'list'), tracked once it exists.
+
+    A list not yet placed is no input, so a dry run plans on a machine without the data; the
+    split job itself then stops with the path it looked for.
+    """
+    if config["splits"]["protocol"] != "list":
+        return []
+    path = list_path(config["splits"]["list_file"], float(wildcards.percent), int(wildcards.fold))
+    return str(path) if path.exists() else []
 
 
 def report_outputs():

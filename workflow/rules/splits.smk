@@ -3,7 +3,9 @@
 
 rule split:
     input:
-        DATA["train_annotations"],
+        annotations=DATA["train_annotations"],
+        extra_unlabeled=EXTRA_UNLABELED.get("image_info", []),
+        label_list=split_list_file,
     output:
         labeled=f"{SPLIT_DIR}/labeled.json",
         unlabeled=f"{SPLIT_DIR}/unlabeled.json",
@@ -11,6 +13,7 @@ rule split:
     params:
         config=CONFIG_ARGS,
         seed=config["splits"]["seed"],
+        protocol=config["splits"]["protocol"],
         unlabeled=config["splits"]["unlabeled"],
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
     log:
