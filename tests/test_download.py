@@ -210,7 +210,7 @@ def test_prepare_rule_downloads_through_snakemake(serve, workflow_copy):
                         "coco2017": _coco2017_config(server.base_url, archives)}}
     (workflow_copy / "local.yaml").write_text(json.dumps(plan))
     target = "data/coco/annotations/instances_train2017.json"
-    result = subprocess.run(["snakemake", "--cores", "1", "--configfile", "config/coco.yaml", "local.yaml", target],
+    result = subprocess.run(["snakemake", "--cores", "1", target, "--configfile", "config/coco.yaml", "local.yaml"],
                             cwd=workflow_copy, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (workflow_copy / "data/coco/train2017/000000000009.jpg").is_file()
@@ -219,7 +219,7 @@ def test_prepare_rule_downloads_through_snakemake(serve, workflow_copy):
     (workflow_copy / "data").rename(workflow_copy / "old-data")
     plan["dataset"]["coco2017"]["archives"]["val2017"]["md5"] = "0" * 32
     (workflow_copy / "local.yaml").write_text(json.dumps(plan))
-    result = subprocess.run(["snakemake", "--cores", "1", "--configfile", "config/coco.yaml", "local.yaml", target],
+    result = subprocess.run(["snakemake", "--cores", "1", target, "--configfile", "config/coco.yaml", "local.yaml"],
                             cwd=workflow_copy, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     log = (workflow_copy / "results/logs/coco/prepare_dataset.log").read_text()

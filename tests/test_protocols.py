@@ -1,0 +1,156 @@
+"""Split protocols: stac against an independent re-implementation, list files, determinism, dataset plans."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from gdis.config import dataset_plans
+from gdis.protocols import read_image_list, stac_labeled_indices
+from gdis.report import render_csv
+from gdis.splits import choose_labeled, write_split
+
+
+def generated_annotations(path, num_images: int, seed: int = 0) -> dict:
+    """A COCO file with unsorted, gappy image ids (file order differs from id order), 0-3 boxes per image."""
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(10 * num_images, size=num_images, replace=False).tolist()
+    images = [{"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": 64, "height": 48} for image_id in ids]
+    annotations = []
+    for image_id in ids:
+        for _ in range(int(rng.integers(0, 4))):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                                "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0,
+                                "segmentation": [[1, 1, 11, 1, 11, 11, 1, 11]]})
+    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}
+    path.write_text(json.dumps(coco))
+    return coco
+
+
+def reference_stac_split(coco: dict, percent: float, fold: int) -> tuple[list[dict], list[dict]]:
+    """The STAC / mmdetection split_coco recipe, written out as it is described, with the global legacy generator."""
+    np.random.seed(fold)
+    image_list = coco["images"]
+    labeled_total = int(percent / 100.0 * len(image_list))
+    labeled_indices = set(np.random.choice(range(len(image_list)), size=labeled_total))
+    labeled = [image for index, image in enumerate(image_list) if index in labeled_indices]
+    ids = {image["id"] for image in labeled}
+    return labeled, [ann for ann in coco["annotations"] if ann["image_id"] in ids]
+
+
+@pytest.mark.parametrize("percent, fold", [(1, 1), (2, 3), (5, 5), (10, 2), (0.4, 1)])
+def test_stac_matches_the_reference_recipe_image_for_image(tmp_path, percent, fold):
+    source = tmp_path / "train.json"
+    coco = generated_annotations(source, 3000)
+    manifest = write_split(source, tmp_path / "split", percent, fold, seed=0, protocol="stac")
+    labeled = json.loads((tmp_path / "split" / "labeled.json").read_text())
+    expected_images, expected_annotations = reference_stac_split(coco, percent, fold)
+    assert labeled["images"] == expected_images  # same images, same (file) order
+    assert labeled["annotations"] == expected_annotations
+    assert manifest["protocol"] == "stac" and manifest["split_name"] == f"{fold}@{percent}"
+    draws = int(percent / 100 * 3000)
+    assert 0 < manifest["num_labeled"] <= draws
+    if draws >= 300:  # about 15 repeats expected
+        assert manifest["num_labeled"] < draws, "draws with replacement repeat images"
+
+
+def test_stac_count_on_the_size_of_coco():
+    """1 % of COCO train2017's 118,287 images: 1,182 draws, 1,174-1,175 distinct images for folds 1-5."""
+    counts = [len(stac_labeled_indices(118287, 1, fold)) for fold in range(1, 6)]
+    assert all(1174 <= count <= 1175 for count in counts), counts
+    with pytest.raises(ValueError, match="draws int"):
+        stac_labeled_indices(100, 0.4, 1)
+
+
+@pytest.mark.parametrize("protocol", ["gdis", "stac"])
+def test_splits_are_deterministic_to_the_byte(tmp_path, protocol):
+    source = tmp_path / "train.json"
+    generated_annotations(source, 500)
+    for name in ("a", "b"):
+        write_split(source, tmp_path / name, 10, fold=2, seed=0, protocol=protocol)
+    for file in ("labeled.json", "unlabeled.json", "manifest.json"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+    other = write_split(source, tmp_path / "c", 10, fold=3, seed=0, protocol=protocol)
+    assert other["labeled_image_ids"] != json.loads((tmp_path / "a" / "manifest.json").read_text())["labeled_image_ids"]
+
+
+def test_list_protocol_reads_ids_file_names_and_cityscapes_annotation_names(tmp_path):
+    images = [{"id": 7, "file_name": "aachen/aachen_000000_000019_leftImg8bit.png"},
+              {"id": 9, "file_name": "bochum/bochum_000000_000313_leftImg8bit.png"},
+              {"id": 11, "file_name": "ulm/ulm_000001_000019_leftImg8bit.png"}]
+    listing = tmp_path / "perc_5.txt"
+    listing.write_text("# labelled images\n11\nbochum_000000_000313_gtFine_instanceIds.png\n\n"
+                       "aachen/aachen_000000_000019_leftImg8bit.png\n")
+    assert read_image_list(listing, images) == [7, 9, 11]
+    template = str(tmp_path / "perc_{percent}.txt")
+    assert choose_labeled(images, "list", 5.0, 1, 0, template) == [7, 9, 11]
+    listing.write_text("11\nmissing_000000_000019_leftImg8bit.png\n")
+    with pytest.raises(ValueError, match=r"perc_5.txt, line 2: 'missing_000000_000019_leftImg8bit.png' matches no"):
+        read_image_list(listing, images)
+    with pytest.raises(FileNotFoundError, match=r"perc_10.txt \(splits.list_file\)"):
+        choose_labeled(images, "list", 10, 1, 0, template)
+
+
+def test_extra_unlabeled_images_join_the_unlabeled_set(tmp_path):
+    source = tmp_path / "train.json"
+    generated_annotations(source, 50)
+    extra = [{"id": 10**9, "file_name": "../unlabeled2017/000001000000.jpg", "width": 64, "height": 48}]
+    manifest = write_split(source, tmp_path / "split", 10, 1, 0, protocol="stac", extra_unlabeled=extra)
+    unlabeled = json.loads((tmp_path / "split" / "unlabeled.json").read_text())
+    assert manifest["num_unlabeled"] == 51 == len(unlabeled["images"]) and manifest["num_extra_unlabeled"] == 1
+
+
+def test_target_names_select_the_dataset_plan(tmp_path):
+    for name in ("coco", "cityscapes"):
+        (tmp_path / f"{name}.yaml").write_text("{}")
+    plan = str(tmp_path / "coco.yaml")
+    assert dataset_plans(["results/tables/coco.csv"], tmp_path) == [plan]
+    assert dataset_plans(["results/plots/coco_training.png", "results/splits/coco/1pct/fold1/labeled.json"],
+                         tmp_path) == [plan]
+    assert dataset_plans(["data/coco/annotations/instances_train2017.json"], tmp_path) == [plan]
+    assert dataset_plans([], tmp_path) == [] and dataset_plans(["results/tables/shapes.csv"], tmp_path) == []
+    with pytest.raises(ValueError, match="several dataset plans"):
+        dataset_plans(["results/tables/coco.csv", "results/tables/cityscapes.csv"], tmp_path)
+
+
+def test_table_rows_carry_the_protocol_and_the_published_number():
+    import pandas as pd
+
+    from gdis.report import TABLE_COLUMNS
+
+    row = dict.fromkeys(TABLE_COLUMNS, 1.0)
+    row.update(dataset="coco", arch="mask_rcnn", backbone="resnet50_fpn", weights="imagenet", protocol="stac",
+               fold=1, iteration=10, model="student")
+    rows = [{**row, "method": "guided_distillation", "label_percent": 2.0},
+            {**row, "method": "supervised", "label_percent": 2.0}]
+    lines = render_csv(pd.DataFrame(rows, columns=TABLE_COLUMNS)).splitlines()
+    assert lines[0].endswith(",paper_mask_AP,paper_entry") and ",stac," in lines[1]
+    assert lines[1].endswith(",25.3,\"Guided Distillation (Mask2Former, ResNet-50)\"")
+    assert lines[2].endswith(",,")
+
+
+def _dry_run(workflow_copy, *args) -> str:
+    result = subprocess.run(["snakemake", "-n", "--cores", "all", *args], cwd=workflow_copy, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset, percents", [("coco", ["0.4", "1", "2", "5", "10"]),
+                                               ("cityscapes", ["5", "10", "20", "30"])])
+def test_dry_run_plans_the_paper_table_without_the_data(workflow_copy, dataset, percents):
+    out = _dry_run(workflow_copy, f"results/tables/{dataset}.csv")
+    counts = dict(line.split()[:2] for line in out.splitlines() if line.split()[:1] and line.split()[0] in (
+        "prepare_dataset", "split", "train_supervised", "train_distillation", "evaluate", "table"))
+    n = len(percents)
+    assert counts == {"prepare_dataset": "1", "split": str(n), "train_supervised": str(n),
+                      "train_distillation": str(2 * n), "evaluate": str(5 * n), "table": "1"}
+    for percent in percents:
+        assert f"results/splits/{dataset}/{percent}pct/fold1/manifest.json" in out
+        assert f"results/eval/{dataset}/mask_rcnn/resnet50_fpn/guided_distillation/{percent}pct/fold1/ema_teacher.json" in out
+    explicit = _dry_run(workflow_copy, f"results/plots/{dataset}.png", "--configfile", f"config/{dataset}.yaml")
+    assert "plot" in explicit and "prepare_dataset" in explicit
