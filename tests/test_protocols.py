@@ -58,9 +58,12 @@ def test_stac_matches_the_reference_recipe_image_for_image(tmp_path, percent, fo
 
 
 def test_stac_count_on_the_size_of_coco():
-    """1 % of COCO train2017's 118,287 images: 1,182 draws, 1,174-1,175 distinct images for folds 1-5."""
+    """COCO train2017's 118,287 images, folds 1-5: 1 % is 1,182 draws and 1,174-1,175 distinct images,
+    10 % is 11,828 draws and 11,234-11,285 distinct images, as the published split files have."""
     counts = [len(stac_labeled_indices(118287, 1, fold)) for fold in range(1, 6)]
     assert all(1174 <= count <= 1175 for count in counts), counts
+    counts = [len(stac_labeled_indices(118287, 10, fold)) for fold in range(1, 6)]
+    assert min(counts) == 11234 and max(counts) == 11285, counts
     with pytest.raises(ValueError, match="draws int"):
         stac_labeled_indices(100, 0.4, 1)
 
