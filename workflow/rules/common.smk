@@ -1,8 +1,8 @@
 # Validated config, wildcard constraints, result paths and input functions shared by all rules.
 import sys
 
-from gdis.protocols import list_path
 from gdis.config import ConfigError, dataset_paths, dataset_plans, extra_unlabeled_paths, format_percent, load_config, validate_config
+from gdis.protocols import list_path
 
 DEFAULT_CONFIG = "config/config.yaml"
 
@@ -11,7 +11,6 @@ if workflow.config_settings.config:
         "--config KEY=VALUE overrides are not passed on to the gdis commands; "
         "write them in a YAML file and add it with --configfile FILE"
     )
-
 
 
 def requested_targets():
