@@ -151,7 +151,9 @@ def unpack(archive: str | os.PathLike, root: str | os.PathLike, members: list[st
             if not source.exists():
                 raise DownloadError(f"archive {archive} does not hold {member}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_dir() and not target.is_symlink():
+            if target.is_symlink():  # a link to a local copy, from an earlier configuration
+                target.unlink()
+            elif target.is_dir():
                 shutil.rmtree(target)
             os.replace(source, target)
     finally:

@@ -143,13 +143,17 @@ def test_missing_file_names_the_url(serve, tmp_path):
         download(f"{server.base_url}/nope.zip", tmp_path / "nope.zip", "0" * 32, progress=False)
 
 
-def test_unpack_is_idempotent(tmp_path):
+def test_unpack_is_idempotent_and_replaces_a_linked_copy(tmp_path):
     archive = tmp_path / "train2017.zip"
-    archive.write_bytes(_zip({"train2017/1.jpg": b"one", "train2017/2.jpg": b"two"}))
+    archive.write_bytes(_zip({"train2017/1.jpg": b"one", "train2017/2.jpg": b"two", "README": b"not wanted"}))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "coco").mkdir()
+    (tmp_path / "coco" / "train2017").symlink_to(tmp_path / "elsewhere")
     for _ in range(2):
         unpack(archive, tmp_path / "coco", ["train2017"])
         assert sorted(p.name for p in (tmp_path / "coco").iterdir()) == ["train2017"]
         assert (tmp_path / "coco" / "train2017" / "2.jpg").read_bytes() == b"two"
+    assert (tmp_path / "elsewhere").is_dir() and not (tmp_path / "coco" / "train2017").is_symlink()
 
 
 def _tiny_coco_archives() -> dict[str, bytes]:
