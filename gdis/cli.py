@@ -127,7 +127,8 @@ def cmd_evaluate(args) -> None:
     row = {
         "dataset": config["dataset"]["name"], "arch": config["model"]["arch"], "backbone": config["model"]["backbone"],
         "weights": run["weights"], "method": state["method"], "label_percent": run["label_percent"],
-        "fold": run["fold"], "protocol": config["splits"]["protocol"], "model": args.model, "iteration": state["step"], **metrics,
+        "fold": run["fold"], "protocol": config["splits"]["protocol"], "model": args.model,
+        "iteration": state["step"], **metrics,
     }
     write_json(args.metrics, row, indent=1)
     log.info("%s %s: mask AP %.2f, box AP %.2f -> %s", state["method"], args.model, metrics["mask_AP"],
