@@ -123,7 +123,7 @@ def cmd_evaluate(args) -> None:
     model, state = load_network(checkpoint, args.model, config["model"])
     paths = dataset_paths(config)
     metrics = evaluate_network(model, state["category_ids"], paths["val_annotations"], paths["val_images"],
-                               args.predictions, config["evaluate"]["batch_size"])
+                               args.predictions, config["evaluate"]["batch_size"], config["evaluate"]["evaluator"])
     row = {
         "dataset": config["dataset"]["name"], "arch": config["model"]["arch"], "backbone": config["model"]["backbone"],
         "weights": run["weights"], "method": state["method"], "label_percent": run["label_percent"],

@@ -191,20 +191,29 @@ class Trainer:
         per_image = sum(len(t["labels"]) for t in targets) / len(targets)
         return strong, targets, per_image
 
+    def _student_losses(self, groups: list[tuple[list, list]]) -> list[dict]:
+        """The student's loss dict on each (images, targets) group, in one shared backbone forward when possible."""
+        if len(groups) > 1 and self.train["shared_backbone"] and hasattr(self.student, "grouped_losses"):
+            return self.student.grouped_losses(groups)
+        return [self.student.losses(images, targets) for images, targets in groups]
+
     def _train_step(self, labeled_batch, unlabeled_batch) -> dict:
         step, train = self.step, self.train
         if distill.copies_student(self.method, step, train["burn_in"]):
             distill.ema_update(self.teacher, self.student, decay=0.0)
         images, targets = labeled_view(*labeled_batch, train["augment"])
-        supervised = self.student.losses(images, targets)
+        groups = [(images, targets)]
+        phase = distill.teacher_phase(self.method, step, train["burn_in"])
+        if phase is not None:
+            strong, pseudo, per_image = self._pseudo_label(unlabeled_batch[0])
+            groups.append((strong, pseudo))
+        supervised, *unsupervised_losses = self._student_losses(groups)
         terms = {f"loss_supervised/{k}": v for k, v in supervised.items()}
         loss_supervised = sum(supervised.values())
         loss = loss_supervised
         record = {"loss_supervised": loss_supervised.item()}
-        phase = distill.teacher_phase(self.method, step, train["burn_in"])
         if phase is not None:
-            strong, pseudo, per_image = self._pseudo_label(unlabeled_batch[0])
-            unsupervised = self.student.losses(strong, pseudo)
+            unsupervised = unsupervised_losses[0]
             terms.update({f"loss_unsupervised/{k}": v for k, v in unsupervised.items()})
             loss_unsupervised = sum(unsupervised.values())
             loss = loss + train["unlabeled_weight"] * loss_unsupervised

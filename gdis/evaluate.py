@@ -1,9 +1,12 @@
-"""COCO evaluation: predictions as a COCO results file, then pycocotools' COCOeval on that file."""
+"""COCO evaluation: predictions as a COCO results file, then COCOeval on that file.
+
+Two evaluators give the same AP (tested to 1e-9): ``faster_coco_eval`` runs COCOeval's matching and
+accumulation in C++, several times faster than the reference, ``pycocotools``.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +23,7 @@ from gdis.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+EVALUATORS = ("faster_coco_eval", "pycocotools")
 
 
 def predictions_to_coco(image_id: int, prediction: dict, category_ids: list[int], mask_threshold: float = 0.5) -> list[dict]:
@@ -54,29 +58,44 @@ def predict_dataset(model, coco: dict, images_dir: str | Path, category_ids: lis
     return results
 
 
-def coco_metrics(annotations_path: str | Path, results_path: str | Path) -> dict:
-    """Mask and box AP (in percent) of a COCO results file, computed by pycocotools' COCOeval."""
+def _coco_api(evaluator: str) -> tuple:
+    """The COCO and COCOeval classes of ``evaluator``, and COCOeval's extra keyword arguments."""
+    if evaluator == "pycocotools":
+        return COCO, COCOeval, {}
+    if evaluator == "faster_coco_eval":
+        from faster_coco_eval import COCO as FastCOCO
+        from faster_coco_eval import COCOeval_faster
+
+        # One thread for mask IoUs: an evaluation job holds one core (evaluate.threads).
+        return FastCOCO, COCOeval_faster, {"print_function": print, "rle_iou_max_workers": 1}
+    raise ValueError(f"evaluate.evaluator: unknown evaluator {evaluator!r}; expected one of {', '.join(EVALUATORS)}")
+
+
+def coco_metrics(annotations_path: str | Path, results_path: str | Path, evaluator: str = "faster_coco_eval") -> dict:
+    """Mask and box AP (in percent) of a COCO results file, computed by ``evaluator``'s COCOeval."""
+    coco_class, eval_class, eval_options = _coco_api(evaluator)
     results = read_json(results_path, "predictions file")
     with contextlib.redirect_stdout(sys.stderr):
-        ground_truth = COCO(str(annotations_path))
+        ground_truth = coco_class(str(annotations_path))
         metrics = {}
         for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
             if not results:
                 metrics.update({f"{prefix}_{name}": 0.0 for name in STAT_NAMES})
                 continue
-            detections = ground_truth.loadRes(copy.deepcopy(results))
-            evaluator = COCOeval(ground_truth, detections, iou_type)
-            evaluator.evaluate()
-            evaluator.accumulate()
+            # loadRes adds area, id and iscrowd to each entry in place; the second pass finds them set.
+            detections = ground_truth.loadRes(results)
+            evaluation = eval_class(ground_truth, detections, iou_type, **eval_options)
+            evaluation.evaluate()
+            evaluation.accumulate()
             print(f"--- {iou_type} ---")
-            evaluator.summarize()
-            for name, value in zip(STAT_NAMES, evaluator.stats[: len(STAT_NAMES)]):
+            evaluation.summarize()
+            for name, value in zip(STAT_NAMES, evaluation.stats[: len(STAT_NAMES)]):
                 metrics[f"{prefix}_{name}"] = None if value < 0 else 100.0 * float(value)
     return metrics
 
 
 def evaluate_network(model, category_ids: list[int], annotations_path: str | Path, images_dir: str | Path,
-                     predictions_path: str | Path, batch_size: int) -> dict:
+                     predictions_path: str | Path, batch_size: int, evaluator: str = "faster_coco_eval") -> dict:
     """Predict the val set, write the COCO results file, and evaluate that very file."""
     coco = load_coco(annotations_path)
     unknown = sorted(set(category_ids) - {category["id"] for category in coco["categories"]})
@@ -85,6 +104,6 @@ def evaluate_network(model, category_ids: list[int], annotations_path: str | Pat
     with torch.inference_mode():
         results = predict_dataset(model, coco, images_dir, category_ids, batch_size)
     write_json(predictions_path, results)
-    metrics = coco_metrics(annotations_path, predictions_path)
+    metrics = coco_metrics(annotations_path, predictions_path, evaluator)
     metrics["num_images"] = len(coco["images"])
     return metrics

@@ -6,6 +6,8 @@ a CPU (for the built-in dataset and tests), and ``resnet50_fpn``, the standard o
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights
@@ -124,6 +126,31 @@ class MaskRCNNSegmenter(nn.Module):
         self.net.train()
         self.net.transform.min_size = self.train_sizes
         return self.net(images, targets)
+
+    def grouped_losses(self, groups: list[tuple[list[torch.Tensor], list[dict]]]) -> list[dict[str, torch.Tensor]]:
+        """``losses`` of each (images, targets) group, sharing one backbone + FPN forward when their batches align.
+
+        Each group is resized and padded on its own and its RPN and ROI heads run on its own images, so
+        its losses are those of ``losses`` (averaged over its own samples). When all groups pad to the
+        same size, their images go through the backbone as one batch; otherwise group by group.
+        """
+        self.net.train()
+        self.net.transform.min_size = self.train_sizes
+        batches = [self.net.transform(images, targets) for images, targets in groups]
+        tensors = [batch.tensors for batch, _ in batches]
+        if all(tensor.shape[1:] == tensors[0].shape[1:] for tensor in tensors):
+            shared = self.net.backbone(torch.cat(tensors))
+            sizes = [len(tensor) for tensor in tensors]
+            split = {name: feature.split(sizes) for name, feature in shared.items()}
+            features = [OrderedDict((name, split[name][index]) for name in shared) for index in range(len(groups))]
+        else:
+            features = [self.net.backbone(tensor) for tensor in tensors]
+        losses = []
+        for (batch, targets), group_features in zip(batches, features):
+            proposals, rpn_losses = self.net.rpn(batch, group_features, targets)
+            _, roi_losses = self.net.roi_heads(group_features, proposals, batch.image_sizes, targets)
+            losses.append({**roi_losses, **rpn_losses})
+        return losses
 
     @torch.no_grad()
     def predict(self, images: list[torch.Tensor], score_threshold: float | None = None) -> list[dict]:
