@@ -14,7 +14,8 @@ DEMO_CONFIG = REPO / "config" / "config.yaml"
 
 def figure(name: str, value: float | None, unit: str, goal: str, met: bool | None, **details) -> dict:
     """One measured figure with its goal; ``details`` holds what it was computed from."""
-    return {"figure": name, "value": value, "unit": unit, "goal": goal, "met": met, "details": details}
+    return {"figure": name, "value": None if value is None else float(value), "unit": unit, "goal": goal,
+            "met": None if met is None else bool(met), "details": details}
 
 
 def skipped(name: str, goal: str, reason: str) -> dict:
