@@ -33,10 +33,11 @@ def _has_run_function(name: str) -> bool:
     return any(isinstance(node, ast.FunctionDef) and node.name == "run" for node in tree.body)
 
 
-def _run_script(name: str) -> list[dict]:
-    """A benchmark written as a script: its exit status, wall time and the end of its output."""
+def _run_script(name: str, workdir: Path) -> list[dict]:
+    """A benchmark written as a script (called with ``--work-dir``): its exit status, wall time and output."""
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--work-dir", str(workdir)], cwd=REPO,
+                            capture_output=True, text=True)
     seconds = time.perf_counter() - started
     output = (result.stdout + result.stderr)[-4000:]
     return [{"figure": f"{name} (script)", "value": round(seconds, 2), "unit": "s wall", "goal": "see its output",
@@ -46,7 +47,7 @@ def _run_script(name: str) -> list[dict]:
 
 def run_benchmark(name: str, workdir: Path) -> list[dict]:
     if not _has_run_function(name):
-        return _run_script(name)
+        return _run_script(name, workdir)
     try:
         return importlib.import_module(f"benchmarks.{name}").run(workdir)
     except Exception:  # one broken benchmark must not lose the others' numbers
