@@ -63,7 +63,10 @@ def describe(result: dict) -> str:
     verdict = {True: "met", False: "MISSED", None: "no verdict"}[result["met"]]
     value = result["value"]
     shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return f"{result['figure']}: {shown} {result['unit']} (goal {result['goal']}: {verdict})"
+    line = f"{result['figure']}: {shown} {result['unit']} (goal {result['goal']}: {verdict})"
+    if "output_tail" in result["details"]:  # a script prints its own figures
+        line += "\n" + "\n".join(result["details"]["output_tail"].strip().splitlines()[-10:])
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

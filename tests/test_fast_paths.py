@@ -49,6 +49,7 @@ def _losses_and_gradients(model, groups, grouped: bool):
 
 @pytest.mark.parametrize("widen_second_group", [False, True], ids=["shared backbone", "backbone per group"])
 def test_grouped_losses_equal_separate_losses(micro_dataset, micro_config, widen_second_group):
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     groups, num_categories = _groups(micro_dataset, widen_second_group)
     model = build_model(micro_config["model"], num_categories, load_weights=False)
@@ -84,10 +85,11 @@ def test_guided_step_with_shared_backbone_equals_separate_forwards(micro_dataset
         _all_samples_kept(built.student)
         return built
 
+    supervised = trainer("supervised", True)
     teacher = tmp_path / "teacher.pt"
-    save_checkpoint(teacher, **trainer("supervised", True)._state())
-    labeled = [trainer("supervised", True).labeled[i] for i in (0, 1)]
-    unlabeled = [trainer("supervised", True).labeled[i] for i in (2, 3)]
+    save_checkpoint(teacher, **supervised._state())
+    labeled = [supervised.labeled[i] for i in (0, 1)]
+    unlabeled = [supervised.labeled[i] for i in (2, 3)]
     batches = ([image for image, _ in labeled], [target for _, target in labeled])
     unlabeled_batch = ([image for image, _ in unlabeled], [{"image_id": t["image_id"]} for _, t in unlabeled])
     records, weights = [], []
