@@ -10,7 +10,6 @@ import argparse
 import ast
 import datetime
 import importlib
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks._common import REPO, machine
+from gdis.io import write_json
 
 HERE = Path(__file__).resolve().parent
 
@@ -94,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         for result in results:
             print("  " + describe(result).replace("\n", "\n  "), flush=True)
     report["load_average_at_end"] = list(os.getloadavg())
-    from gdis.io import write_json
-
     write_json(out, report, indent=1)
     print(f"wrote {out}")
     return 0
