@@ -10,6 +10,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "config" / "config.yaml"
+# The guided demo runs log about 1.5 pseudo-labels per unlabelled image (train_log.jsonl).
+PSEUDO_LABELS_PER_IMAGE = 1.5
 
 
 def figure(name: str, value: float | None, unit: str, goal: str, met: bool | None, **details) -> dict:
@@ -95,12 +97,12 @@ def machine() -> dict:
     }
 
 
-def training_setup(root: Path, steps: int) -> tuple[dict, dict, list]:
+def training_setup(root: Path, steps: int) -> tuple[dict, dict, list, float]:
     """Trainers of the demo model (supervised; guided with and without the shared backbone) and batches.
 
     The guided teacher is an untrained network, so its score threshold is lowered until it gives the
     demo's pseudo-label rate (``PSEUDO_LABELS_PER_IMAGE``); that load is what a guided step costs.
-    Returns the config, the trainers and ``steps`` (labelled, unlabelled) batch pairs.
+    Returns the config, the trainers, ``steps`` (labelled, unlabelled) batch pairs and that threshold.
     """
     import torch
 
@@ -125,12 +127,7 @@ def training_setup(root: Path, steps: int) -> tuple[dict, dict, list]:
     threshold = sorted(scores, reverse=True)[min(wanted, len(scores) - 1)]
     for name in ("guided", "guided, separate forwards"):
         trainers[name].train["pseudo_label"]["score_threshold"] = threshold
-    config["benchmark_score_threshold"] = threshold
-    return config, trainers, list(zip(labeled, unlabeled))
-
-
-# The guided demo runs log about 1.5 pseudo-labels per unlabelled image (train_log.jsonl).
-PSEUDO_LABELS_PER_IMAGE = 1.5
+    return config, trainers, list(zip(labeled, unlabeled)), threshold
 
 
 def time_steps(trainers: dict, batches: list, warmup: int = 2) -> dict[str, dict]:

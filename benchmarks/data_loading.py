@@ -29,7 +29,7 @@ def loading_seconds(dataset, batch_size: int, seed: int, workers: int) -> tuple[
 
 
 def run(workdir: Path) -> list[dict]:
-    config, trainers, batches = training_setup(workdir, STEPS)
+    config, trainers, batches, _ = training_setup(workdir, STEPS)
     train = config["train"]
     workers = train["num_workers"]
     steps = time_steps({name: trainers[name] for name in ("supervised", "guided")}, batches)

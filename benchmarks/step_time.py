@@ -15,7 +15,7 @@ STEPS = 14
 
 
 def run(workdir: Path) -> list[dict]:
-    config, trainers, batches = training_setup(workdir, STEPS)
+    config, trainers, batches, threshold = training_setup(workdir, STEPS)
     times = time_steps(trainers, batches)
     cpu = {name: median(t["cpu"]) for name, t in times.items()}
     wall = {name: median(t["wall"]) for name, t in times.items()}
@@ -25,7 +25,7 @@ def run(workdir: Path) -> list[dict]:
         "median_cpu_seconds_per_step": cpu, "median_wall_seconds_per_step": wall,
         "wall_ratio": wall["guided"] / wall["supervised"], "ratio_with_separate_forwards": plain_ratio,
         "pseudo_labels_per_image": median(times["guided"]["pseudo_labels_per_image"]),
-        "teacher_score_threshold": config["benchmark_score_threshold"],
+        "teacher_score_threshold": threshold,
         "steps_timed": STEPS - 2, "batch": f"{config['train']['batch_size']} labelled + "
                                           f"{config['train']['unlabeled_batch_size']} unlabelled",
         "threads": config["train"]["threads"],
