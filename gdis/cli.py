@@ -107,6 +107,7 @@ def cmd_train(args) -> None:
         dataset_paths(config)["train_images"], args.out_dir, teacher_checkpoint=args.teacher,
         burn_in_checkpoint=args.burn_in_checkpoint,
         run_info={"label_percent": args.label_percent, "fold": args.fold, "split_dir": str(split_dir)},
+        hidden_annotations=dataset_paths(config)["train_annotations"],
     ).run()
 
 
@@ -138,7 +139,7 @@ def cmd_evaluate(args) -> None:
 def cmd_table(args) -> None:
     from gdis.report import write_table
 
-    write_table(args.metrics, args.csv, args.markdown)
+    write_table(args.metrics, args.csv, args.markdown, args.html)
     log.info("wrote %s and %s", args.csv, args.markdown)
 
 
@@ -159,7 +160,37 @@ def cmd_curves(args) -> None:
         if not sep:
             raise ValueError(f"--log expects LABEL=PATH, got {item!r}")
         logs[label] = Path(path)
-    plot_training_curves(logs, args.out, args.title)
+    if not (args.out or args.csv or args.tensorboard):
+        raise ValueError("nothing to write: give --out, --csv or --tensorboard")
+    if args.out:
+        plot_training_curves(logs, args.out, args.title)
+    if args.csv or args.tensorboard:
+        from gdis.training_curves import write_curve_table, write_tensorboard
+
+        if args.csv:
+            write_curve_table(logs, args.csv)
+        if args.tensorboard:
+            write_tensorboard(logs, args.tensorboard)
+
+
+def cmd_gallery(args) -> None:
+    from gdis.config import dataset_paths, load_config
+    from gdis.visualize import write_run_galleries
+
+    config = load_config(args.config)
+    _threads(config, "figures")
+    write_run_galleries(config, args.checkpoint, args.split_dir, dataset_paths(config), args.val_out, args.unlabeled_out)
+    log.info("wrote %s and %s", args.val_out, args.unlabeled_out)
+
+
+def cmd_visualize(args) -> None:
+    from gdis.config import load_config
+    from gdis.visualize import visualize_images
+
+    config = load_config(args.config)
+    _threads(config, "figures")
+    visualize_images(config, args.checkpoint, args.model, args.images, args.out, args.annotations)
+    log.info("wrote %s", args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--metrics", nargs="+", required=True, help="metrics JSON files written by 'gdis evaluate'")
     sub.add_argument("--csv", required=True)
     sub.add_argument("--markdown", required=True)
+    sub.add_argument("--html", help="also write the Markdown tables as an HTML page (for the workflow report)")
     sub.set_defaults(func=cmd_table)
 
     sub = commands.add_parser("plot", help="mask AP against label percentage, one line per method")
@@ -236,9 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("curves", help="training curves (losses, pseudo-labels per image, learning rate)")
     sub.add_argument("--log", nargs="+", required=True, metavar="LABEL=PATH", help="train_log.jsonl files with labels")
-    sub.add_argument("--out", required=True, help="PNG to write")
+    sub.add_argument("--out", help="PNG to write")
     sub.add_argument("--title", default="Training curves")
+    sub.add_argument("--csv", help="also write the curves as one CSV table (run, step, phase, values)")
+    sub.add_argument("--tensorboard", help="also write TensorBoard event files, one folder per run, into this folder")
     sub.set_defaults(func=cmd_curves)
+
+    sub = commands.add_parser("gallery", help="a training run's galleries: val predictions and unlabelled pseudo-labels")
+    _add_config(sub)
+    sub.add_argument("--checkpoint", required=True, help="model_final.pt written by 'gdis train'")
+    sub.add_argument("--split-dir", required=True, help="the run's split folder (labeled.json, unlabeled.json)")
+    sub.add_argument("--val-out", required=True, help="PNG to write: val images, ground truth and predictions")
+    sub.add_argument("--unlabeled-out", required=True,
+                     help="PNG to write: unlabelled images, hidden ground truth, kept and rejected pseudo-labels")
+    sub.set_defaults(func=cmd_gallery)
+
+    sub = commands.add_parser("visualize", help="draw a checkpoint's predictions and pseudo-labels on your own images")
+    _add_config(sub)
+    sub.add_argument("--checkpoint", required=True, help="model_final.pt written by 'gdis train'")
+    sub.add_argument("--model", default="student", choices=["student", "ema_teacher"], help="which network to run")
+    sub.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders of images")
+    sub.add_argument("--annotations", help="COCO file naming the classes; its annotations of these images are drawn too")
+    sub.add_argument("--out", required=True, help="PNG to write: one row per image")
+    sub.set_defaults(func=cmd_visualize)
     return parser
 
 

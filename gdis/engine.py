@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gdis import distill
+from gdis import distill, pseudo_quality
 from gdis.coco import category_ids, load_coco
 from gdis.data import CocoInstances, labeled_view, photometric_augmentation, step_loader, unlabeled_views
 from gdis.io import atomic_path, write_json, write_text
@@ -90,7 +90,7 @@ class Trainer:
 
     def __init__(self, config: dict, method: str, labeled_json: str, unlabeled_json: str, images_dir: str,
                  out_dir: str, teacher_checkpoint: str | None = None, burn_in_checkpoint: str | None = None,
-                 run_info: dict | None = None) -> None:
+                 run_info: dict | None = None, hidden_annotations: str | None = None) -> None:
         self.config, self.method, self.train = config, method, config["train"]
         self.out_dir = Path(out_dir)
         self.work_dir = self.out_dir / "work"
@@ -115,6 +115,9 @@ class Trainer:
         self.teacher = None
         if method != distill.SUPERVISED:
             self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.hidden_truth = None  # full training annotations, to measure pseudo-label quality
+        if method != distill.SUPERVISED and hidden_annotations and self.train["pseudo_label"]["quality_period"]:
+            self.hidden_truth = pseudo_quality.HiddenGroundTruth(hidden_annotations, self.category_ids)
         self.optimizer = build_optimizer(self.student, self.train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -182,14 +185,17 @@ class Trainer:
         log.info("pre-trained teacher loaded from %s", self.teacher_checkpoint)
 
     # -- training ----------------------------------------------------------------------------
-    def _pseudo_label(self, images: list[torch.Tensor]) -> tuple[list, list, float]:
+    def _pseudo_label(self, images: list[torch.Tensor], image_ids: list[int]) -> tuple[list, list, float, dict]:
         weak, strong = unlabeled_views(images, self.train["augment"], self.strong)
         thresholds = self.train["pseudo_label"]
         predictions = self.teacher.predict(weak, score_threshold=thresholds["score_threshold"])
         targets = [self.student.pseudo_labels(p, thresholds["score_threshold"], thresholds["mask_threshold"],
                                               thresholds["min_area"]) for p in predictions]
         per_image = sum(len(t["labels"]) for t in targets) / len(targets)
-        return strong, targets, per_image
+        quality = {}
+        if self.hidden_truth is not None and (self.step + 1) % thresholds["quality_period"] == 0:
+            quality = pseudo_quality.measure(self.hidden_truth, image_ids, images, weak, targets)
+        return strong, targets, per_image, quality
 
     def _student_losses(self, groups: list[tuple[list, list]]) -> list[dict]:
         """The student's loss dict on each (images, targets) group, in one shared backbone forward when possible."""
@@ -205,7 +211,9 @@ class Trainer:
         groups = [(images, targets)]
         phase = distill.teacher_phase(self.method, step, train["burn_in"])
         if phase is not None:
-            strong, pseudo, per_image = self._pseudo_label(unlabeled_batch[0])
+            unlabeled_images, infos = unlabeled_batch
+            strong, pseudo, per_image, quality = self._pseudo_label(unlabeled_images,
+                                                                    [info["image_id"] for info in infos])
             groups.append((strong, pseudo))
         supervised, *unsupervised_losses = self._student_losses(groups)
         terms = {f"loss_supervised/{k}": v for k, v in supervised.items()}
@@ -217,7 +225,7 @@ class Trainer:
             terms.update({f"loss_unsupervised/{k}": v for k, v in unsupervised.items()})
             loss_unsupervised = sum(unsupervised.values())
             loss = loss + train["unlabeled_weight"] * loss_unsupervised
-            record.update(loss_unsupervised=loss_unsupervised.item(), pseudo_labels_per_image=per_image)
+            record.update(loss_unsupervised=loss_unsupervised.item(), pseudo_labels_per_image=per_image, **quality)
         _finite_or_fail(step, terms)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

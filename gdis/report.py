@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -33,7 +34,8 @@ METHOD_NAMES = {"supervised": "supervised", "standard_burnin": "standard burn-in
 MODEL_NAMES = {"student": "student", "ema_teacher": "EMA teacher"}
 CURVE_PANELS = [("loss", "total loss"), ("loss_supervised", "supervised loss"),
                 ("loss_unsupervised", "unsupervised loss"), ("pseudo_labels_per_image", "pseudo-labels per image"),
-                ("lr", "learning rate")]
+                ("pseudo_label_precision", "pseudo-label precision (hidden labels)"),
+                ("pseudo_label_recall", "pseudo-label recall (hidden labels)"), ("lr", "learning rate")]
 SMOOTHING_WINDOW = 5
 PNG_METADATA = {"Software": None}
 
@@ -150,14 +152,45 @@ def render_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def markdown_to_html(markdown: str) -> str:
+    """A self-contained HTML page of ``render_markdown``'s output: headings, paragraphs and pipe tables."""
+    body, rows = [], []
+
+    def flush_table() -> None:
+        if rows:
+            header, *data = rows
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in data)
+                        + "</table>")
+            rows.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if not all(set(cell) <= set("-:") for cell in cells):
+                rows.append(cells)
+            continue
+        flush_table()
+        if line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    flush_table()
+    style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
+             "th,td{border:1px solid #bbb;padding:4px 10px}td{text-align:right}td:first-child,td:nth-child(2){text-align:left}")
+    return f"<!doctype html><html><head><meta charset=\"utf-8\"><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+
+
 def write_table(metric_files: Iterable[str | os.PathLike], csv_path: str | os.PathLike,
-                markdown_path: str | os.PathLike) -> pd.DataFrame:
-    """Collect metrics and write the tidy CSV and the Markdown summary (both atomically); return the table."""
+                markdown_path: str | os.PathLike, html_path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Collect metrics and write the tidy CSV, the Markdown summary and, if asked, it as HTML (atomically)."""
     table = collect_metrics(metric_files)
     csv_text = render_csv(table)
     markdown_text = render_markdown(table)
     write_text(csv_path, csv_text)
     write_text(markdown_path, markdown_text)
+    if html_path:
+        write_text(html_path, markdown_to_html(markdown_text))
     return table
 
 
@@ -252,8 +285,9 @@ def plot_training_curves(logs: Mapping[str, str | os.PathLike], png_path: str | 
     for index, (label, path) in enumerate(logs.items()):
         log = read_training_log(path)
         runs.append((label, log, f"C{index % 10}", distillation_starts(log)))
-    figure = Figure(figsize=(13, 7.5), layout="constrained")
-    grid = figure.subplots(2, 3, squeeze=False).ravel()
+    columns = math.ceil((len(CURVE_PANELS) + 1) / 2)  # one cell for the legend
+    figure = Figure(figsize=(4.3 * columns, 7.5), layout="constrained")
+    grid = figure.subplots(2, columns, squeeze=False).ravel()
     for axes, (column, name) in zip(grid, CURVE_PANELS):
         shown = False
         for _, log, color, _ in runs:

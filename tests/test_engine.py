@@ -44,9 +44,9 @@ def test_guided_burn_in_switch(micro_config, split_dir, micro_dataset, supervise
         events.append((trainer.step, decay, before, {k: v.clone() for k, v in teacher.state_dict().items()},
                        {k: v.clone() for k, v in student.state_dict().items()}))
 
-    def pseudo_label_spy(images):
+    def pseudo_label_spy(images, image_ids):
         events.append((trainer.step, "pseudo", {k: v.clone() for k, v in trainer.teacher.state_dict().items()}))
-        return Trainer._pseudo_label(trainer, images)
+        return Trainer._pseudo_label(trainer, images, image_ids)
 
     monkeypatch.setattr(engine.distill, "ema_update", spy)
     monkeypatch.setattr(trainer, "_pseudo_label", pseudo_label_spy)

@@ -72,6 +72,7 @@ RUN_DIR = f"results/models/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{f
 SUPERVISED_RUN_DIR = f"results/models/{DATASET}/{NETWORK}/supervised/{{percent}}pct/fold{{fold}}"
 EVAL_DIR = f"results/eval/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
 LOG_DIR = f"results/logs/{DATASET}"
+FIGURE_DIR = f"results/figures/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
 
 
 def runs():
@@ -103,6 +104,14 @@ def metrics_files():
     ]
 
 
+def gallery_files():
+    return [
+        f"{FIGURE_DIR}/{images}.png".format(method=method, percent=percent, fold=fold)
+        for method, percent, fold in runs()
+        for images in ("val", "unlabeled")
+    ]
+
+
 def train_logs():
     """{label: train_log.jsonl} of every run, for the training-curves plot."""
     return {
@@ -118,6 +127,8 @@ def train_inputs(wildcards):
         "images": DATA["train_images"],
     }
     supervised_run = SUPERVISED_RUN_DIR.format(percent=wildcards.percent, fold=wildcards.fold)
+    if wildcards.get("method") in DISTILLATION_METHODS:  # hidden annotations: pseudo-label quality
+        inputs["annotations"] = DATA["train_annotations"]
     if wildcards.get("method") == "guided_distillation":
         inputs["teacher"] = f"{supervised_run}/model_final.pt"
     if wildcards.get("method") == "standard_burnin":
@@ -164,6 +175,9 @@ def report_outputs():
         f"results/tables/{DATASET}.md",
         f"results/plots/{DATASET}.png",
         f"results/plots/{DATASET}_training.png",
+        f"results/plots/{DATASET}_training.csv",
+        f"results/tensorboard/{DATASET}",
+        *gallery_files(),
     ]
 
 

@@ -7,6 +7,7 @@ rule table:
     output:
         csv=f"results/tables/{DATASET}.csv",
         markdown=f"results/tables/{DATASET}.md",
+        html=report(f"results/tables/{DATASET}.html", caption="../report/table.rst", category="Tables"),
     log:
         f"{LOG_DIR}/table.log",
     conda:
@@ -14,14 +15,14 @@ rule table:
     resources:
         **resources_of("light"),
     shell:
-        "gdis table --metrics {input} --csv {output.csv} --markdown {output.markdown} 2> {log}"
+        "gdis table --metrics {input} --csv {output.csv} --markdown {output.markdown} --html {output.html} 2> {log}"
 
 
 rule plot:
     input:
         f"results/tables/{DATASET}.csv",
     output:
-        f"results/plots/{DATASET}.png",
+        report(f"results/plots/{DATASET}.png", caption="../report/ap_vs_labels.rst", category="Plots"),
     params:
         title=f"{DATASET}: mask AP vs labelled fraction ({NETWORK})",
     log:
@@ -38,7 +39,9 @@ rule training_curves:
     input:
         list(train_logs().values()),
     output:
-        f"results/plots/{DATASET}_training.png",
+        png=report(f"results/plots/{DATASET}_training.png", caption="../report/training_curves.rst", category="Plots"),
+        csv=f"results/plots/{DATASET}_training.csv",
+        tensorboard=directory(f"results/tensorboard/{DATASET}"),
     params:
         logs=" ".join(f"'{label}={path}'" for label, path in train_logs().items()),
         title=f"{DATASET}: training curves ({NETWORK})",
@@ -49,4 +52,5 @@ rule training_curves:
     resources:
         **resources_of("light"),
     shell:
-        "gdis curves --log {params.logs} --out {output} --title '{params.title}' 2> {log}"
+        "gdis curves --log {params.logs} --out {output.png} --csv {output.csv} --tensorboard {output.tensorboard} "
+        "--title '{params.title}' 2> {log}"
