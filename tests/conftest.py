@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,13 +46,27 @@ def micro_config(micro_config_file) -> dict:
     return load_config([micro_config_file])
 
 
-@pytest.fixture
-def workflow_copy(tmp_path) -> Path:
-    """A scratch copy of the workflow (Snakefile, rules, configs) to run Snakemake in."""
+def copy_workflow(target: Path) -> Path:
     for name in ("Snakefile", "workflow", "config", "environment.yml", "constraints.txt"):
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, tmp_path / name)
+            shutil.copytree(source, target / name)
         else:
-            shutil.copy(source, tmp_path / name)
-    return tmp_path
+            shutil.copy(source, target / name)
+    return target
+
+
+@pytest.fixture
+def workflow_copy(tmp_path) -> Path:
+    """A scratch copy of the workflow (Snakefile, rules, configs) to run Snakemake in."""
+    return copy_workflow(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def micro_workflow_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The micro config through the real workflow and its HTML report, once per session, in a scratch copy."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    command = ["snakemake", "--cores", "2", "--configfile", "config/micro.yaml",
+               "--report", "results/report.html", "--report-after-run"]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=1200)
+    return workdir, result

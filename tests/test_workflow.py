@@ -27,7 +27,7 @@ def test_dry_run_plans_the_default_demo(workflow_copy):
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
     for rule in ("synthesize", "split", "train_supervised", "train_distillation", "evaluate", "table", "plot",
-                 "training_curves"):
+                 "training_curves", "gallery"):
         assert rule in out
 
 
@@ -42,8 +42,8 @@ def test_bad_config_fails_before_running_anything(workflow_copy):
 
 
 @pytest.mark.slow
-def test_micro_pipeline_end_to_end(workflow_copy):
-    result = _snakemake(workflow_copy, "--cores", "2", "--configfile", "config/micro.yaml")
+def test_micro_pipeline_end_to_end(micro_workflow_run):
+    workflow_copy, result = micro_workflow_run
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(workflow_copy / "results" / "tables" / "micro.csv")
     assert list(table.columns) == CSV_COLUMNS
