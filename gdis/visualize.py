@@ -87,12 +87,12 @@ def render_panel(image: np.ndarray, instances: list[Instance], size: int) -> Ima
             continue
         rows, columns = np.nonzero(mask)
         x, y = int(columns.min()), int(rows.min())
-        left, top, right, bottom = draw.textbbox((x, y), inst.caption, font=font)
-        shift = max(0, bottom - y + 1) if y - (bottom - top) - 2 < 0 else 0
-        box = (left, top - (bottom - top) - 2 + shift, right + 2, y + shift)
-        draw.rectangle(box, fill=inst.color)
+        left, top, right, bottom = draw.textbbox((0, 0), inst.caption, font=font)
+        label_height = bottom + 2
+        label_top = y - label_height if y >= label_height else y  # above the mask, or inside it at the image's top
+        draw.rectangle((x, label_top, x + right + 2, label_top + label_height), fill=inst.color)
         text_color = (0, 0, 0) if sum(inst.color) > 380 else (255, 255, 255)
-        draw.text((x + 1, box[1]), inst.caption, fill=text_color, font=font)
+        draw.text((x + 1, label_top + 1), inst.caption, fill=text_color, font=font)
     return panel
 
 
