@@ -116,7 +116,7 @@ class Trainer:
         if method != distill.SUPERVISED:
             self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.hidden_truth = None  # full training annotations, to measure pseudo-label quality
-        if method != distill.SUPERVISED and hidden_annotations and self.train["pseudo_label"]["quality_period"]:
+        if method != distill.SUPERVISED and hidden_annotations and self.train["pseudo_label"]["quality_interval"]:
             self.hidden_truth = pseudo_quality.HiddenGroundTruth(hidden_annotations, self.category_ids)
         self.optimizer = build_optimizer(self.student, self.train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -193,7 +193,8 @@ class Trainer:
                                               thresholds["min_area"]) for p in predictions]
         per_image = sum(len(t["labels"]) for t in targets) / len(targets)
         quality = {}
-        if self.hidden_truth is not None and (self.step + 1) % thresholds["quality_period"] == 0:
+        measured_every = thresholds["quality_interval"] * self.train["log_period"]
+        if self.hidden_truth is not None and (self.step + 1) % measured_every == 0:
             quality = pseudo_quality.measure(self.hidden_truth, image_ids, images, weak, targets)
         return strong, targets, per_image, quality
 
