@@ -193,6 +193,27 @@ def cmd_visualize(args) -> None:
     log.info("wrote %s", args.out)
 
 
+def cmd_dvc(args) -> None:
+    from gdis import dvc
+
+    for tool in ("snakemake", "dvc"):  # they print through their own handlers: not a second time through ours
+        logging.getLogger(tool).propagate = False
+    if args.action == "yaml":
+        up_to_date = dvc.write_dvc_yaml(args.configfile, args.out, check=args.check)
+        if args.check and not up_to_date:
+            raise RuntimeError(f"{args.out} differs from the workflow: regenerate it with `gdis dvc yaml`")
+        log.info("%s %s", args.out, "is up to date" if up_to_date else "written")
+    elif args.action == "plots-template":
+        dvc.write_plots_template(args.out)
+        log.info("wrote %s", args.out)
+    elif args.action == "touch":
+        dvc.touch_after_pull(args.configfile)
+        log.info("dvc status is clean; Snakemake's outputs are marked up to date")
+    else:
+        staged = dvc.commit_after_snakemake(args.configfile)
+        log.info("dvc.lock records the Snakemake outputs; staged in git: %s", " ".join(staged))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gdis", description="Semi-supervised instance segmentation by Guided Distillation.")
     parser.add_argument("--version", action="version", version=f"gdis {__version__}")
@@ -291,6 +312,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--annotations", help="COCO file naming the classes; its annotations of these images are drawn too")
     sub.add_argument("--out", required=True, help="PNG to write: one row per image")
     sub.set_defaults(func=cmd_visualize)
+    sub = commands.add_parser("dvc", help="DVC over the workflow: generate dvc.yaml, hand over between DVC and Snakemake")
+    actions = sub.add_subparsers(dest="action", required=True, metavar="ACTION")
+    configfile = argparse.ArgumentParser(add_help=False)
+    configfile.add_argument("--configfile", nargs="*", default=[], metavar="YAML",
+                            help="extra config files, as given to snakemake --configfile (config/config.yaml comes first)")
+    action = actions.add_parser("yaml", parents=[configfile], help="write dvc.yaml: one stage per job Snakemake plans")
+    action.add_argument("--out", default="dvc.yaml")
+    action.add_argument("--check", action="store_true", help="only compare; fail when the file differs")
+    action = actions.add_parser("plots-template", help="HTML template for an offline `dvc plots show` (Vega inlined)")
+    action.add_argument("--out", default=".dvc/plots/offline.html")
+    actions.add_parser("touch", parents=[configfile],
+                       help="after `dvc pull`: when `dvc status` is clean, `snakemake --touch` so it has nothing to do")
+    actions.add_parser("commit", parents=[configfile],
+                       help="after Snakemake: when `snakemake -n` has nothing to do, `dvc commit` and stage dvc.lock")
+    sub.set_defaults(func=cmd_dvc)
     return parser
 
 

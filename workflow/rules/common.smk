@@ -1,5 +1,8 @@
 # Validated config, wildcard constraints, result paths and input functions shared by all rules.
 import sys
+from pathlib import Path
+
+from snakemake.io import flag
 
 from gdis.config import ConfigError, dataset_paths, dataset_plans, extra_unlabeled_paths, format_percent, load_config, validate_config
 from gdis.protocols import list_path
@@ -35,7 +38,11 @@ try:
     DATASET_PLANS = dataset_plans(requested_targets(), "config")
 except ValueError as error:
     raise WorkflowError(str(error)) from None
-USER_CONFIGS = [str(path) for path in workflow.config_settings.configfiles]
+# Files inside the working directory are named relatively, so commands (and dvc.yaml) do not depend on the checkout's place.
+USER_CONFIGS = [
+    os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+    for path in workflow.config_settings.configfiles
+]
 # The gdis commands receive the same files, merged in the same order, as this workflow.
 CONFIG_FILES = [DEFAULT_CONFIG] + [plan for plan in DATASET_PLANS if plan not in USER_CONFIGS] + USER_CONFIGS
 try:
@@ -179,6 +186,28 @@ def report_outputs():
         f"results/tensorboard/{DATASET}",
         *gallery_files(),
     ]
+
+
+def config_params(*keys):
+    """{key: value} of the dotted config keys a rule's command reads. A changed value reruns the rule
+    (Snakemake's params trigger), and `gdis dvc yaml` lists the keys as the stage's DVC params."""
+    values = {}
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        values[key] = value
+    return values
+
+
+def metrics(path):
+    """Mark an output as a metrics file: dvc.yaml declares it a DVC metric (`cache: false`)."""
+    return flag(path, "dvc_metrics")
+
+
+def plot(path, **properties):
+    """Mark an output as a plot (an image, or data with DVC plot properties such as x, y, template)."""
+    return flag(path, "dvc_plots", properties)
 
 
 def resources_of(kind):

@@ -9,7 +9,7 @@ rule synthesize:
         val_annotations=f"data/{DATASET}/annotations/val.json",
     params:
         config=CONFIG_ARGS,
-        synthetic=config["dataset"]["synthetic"],
+        config_params=config_params("dataset.source", "dataset.synthetic"),
         out_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.train_annotations)),
     log:
         f"{LOG_DIR}/synthesize.log",

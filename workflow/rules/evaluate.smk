@@ -9,11 +9,10 @@ rule evaluate:
         images=DATA["val_images"],
     output:
         predictions=f"{EVAL_DIR}/{{model}}_predictions.json",
-        metrics=f"{EVAL_DIR}/{{model}}.json",
+        metrics=metrics(f"{EVAL_DIR}/{{model}}.json"),
     params:
         config=CONFIG_ARGS,
-        model=config["model"],
-        evaluate=config["evaluate"],
+        config_params=config_params("model", "evaluate"),
     log:
         f"{LOG_DIR}/evaluate/{NETWORK}/{{method}}_{{percent}}pct_fold{{fold}}_{{model}}.log",
     threads: config["evaluate"]["threads"]

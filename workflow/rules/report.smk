@@ -5,7 +5,7 @@ rule table:
     input:
         metrics_files(),
     output:
-        csv=f"results/tables/{DATASET}.csv",
+        csv=plot(f"results/tables/{DATASET}.csv", x="label_percent", y="mask_AP", template="scatter"),
         markdown=f"results/tables/{DATASET}.md",
         html=report(f"results/tables/{DATASET}.html", caption="../report/table.rst", category="Tables"),
     log:
@@ -22,7 +22,7 @@ rule plot:
     input:
         f"results/tables/{DATASET}.csv",
     output:
-        report(f"results/plots/{DATASET}.png", caption="../report/ap_vs_labels.rst", category="Plots"),
+        plot(report(f"results/plots/{DATASET}.png", caption="../report/ap_vs_labels.rst", category="Plots")),
     params:
         title=f"{DATASET}: mask AP vs labelled fraction ({NETWORK})",
     log:
@@ -39,8 +39,8 @@ rule training_curves:
     input:
         list(train_logs().values()),
     output:
-        png=report(f"results/plots/{DATASET}_training.png", caption="../report/training_curves.rst", category="Plots"),
-        csv=f"results/plots/{DATASET}_training.csv",
+        png=plot(report(f"results/plots/{DATASET}_training.png", caption="../report/training_curves.rst", category="Plots")),
+        csv=plot(f"results/plots/{DATASET}_training.csv", x="step", y="loss", template="scatter"),
         tensorboard=directory(f"results/tensorboard/{DATASET}"),
     params:
         logs=" ".join(f"'{label}={path}'" for label, path in train_logs().items()),

@@ -12,9 +12,7 @@ rule split:
         manifest=f"{SPLIT_DIR}/manifest.json",
     params:
         config=CONFIG_ARGS,
-        seed=config["splits"]["seed"],
-        protocol=config["splits"]["protocol"],
-        unlabeled=config["splits"]["unlabeled"],
+        config_params=config_params("splits.seed", "splits.protocol", "splits.list_file", "splits.unlabeled"),
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
     log:
         f"{LOG_DIR}/split/{{percent}}pct_fold{{fold}}.log",

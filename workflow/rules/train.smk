@@ -11,8 +11,7 @@ rule train_supervised:
         **supervised_burn_in_output(),
     params:
         config=CONFIG_ARGS,
-        model=config["model"],
-        train=config["train"],
+        config_params=config_params("model", "train"),
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         split_dir=lambda wildcards, input: os.path.dirname(input.labeled),
     log:
@@ -37,8 +36,7 @@ rule train_distillation:
         record=f"{RUN_DIR}/run.json",
     params:
         config=CONFIG_ARGS,
-        model=config["model"],
-        train=config["train"],
+        config_params=config_params("model", "train"),
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         split_dir=lambda wildcards, input: os.path.dirname(input.labeled),
         start=start_options,
