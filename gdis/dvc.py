@@ -187,7 +187,9 @@ def touch_after_pull(configfiles: list[str]) -> None:
     if changes:
         raise DvcError(f"dvc status is not clean ({', '.join(sorted(changes))}): run `dvc pull` or `dvc repro` "
                        "first; touching now would mark stale outputs as up to date")
-    subprocess.run(["snakemake", "--touch", "--cores", "1", "--quiet", *_configfile_args(configfiles)], check=True)
+    touched = subprocess.run(["snakemake", "--touch", "--cores", "1", "--quiet", *_configfile_args(configfiles)])
+    if touched.returncode != 0:
+        raise DvcError(f"snakemake --touch failed (exit status {touched.returncode})")
 
 
 def commit_after_snakemake(configfiles: list[str]) -> list[str]:
