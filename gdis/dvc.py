@@ -173,6 +173,13 @@ def write_plots_template(out: str = PLOTS_TEMPLATE) -> None:
     write_text(out, page)
 
 
+def _check_dvc_yaml(configfiles: list[str]) -> None:
+    if not write_dvc_yaml(configfiles, check=True):
+        extra = "".join(f" --configfile {path}" for path in configfiles)
+        raise DvcError(f"{DVC_YAML} does not describe the workflow run with these config files: "
+                       f"regenerate it with `gdis dvc yaml{extra}`")
+
+
 def dvc_changes() -> dict:
     """`dvc status` of the workspace: {stage: changes}, empty when every output matches dvc.lock."""
     from dvc.repo import Repo
@@ -183,6 +190,7 @@ def dvc_changes() -> dict:
 
 def touch_after_pull(configfiles: list[str]) -> None:
     """After `dvc pull` (or `dvc checkout`): mark Snakemake's outputs up to date, once DVC agrees they are."""
+    _check_dvc_yaml(configfiles)
     changes = dvc_changes()
     if changes:
         raise DvcError(f"dvc status is not clean ({', '.join(sorted(changes))}): run `dvc pull` or `dvc repro` "
@@ -200,6 +208,7 @@ def commit_after_snakemake(configfiles: list[str]) -> list[str]:
     """
     from dvc.repo import Repo
 
+    _check_dvc_yaml(configfiles)
     dry_run = subprocess.run(["snakemake", "--dry-run", "--cores", "1", *_configfile_args(configfiles)],
                              capture_output=True, text=True)
     output = dry_run.stdout + dry_run.stderr

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 MICRO = "config/micro.yaml"
 
 
-def _run(cwd: Path, *command: str, timeout: int = 900) -> str:
+def _run(cwd: Path, *command: str, timeout: int = 1800) -> str:
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{output[-4000:]}"
@@ -164,6 +164,9 @@ def test_reproduce_on_a_new_clone_through_a_dvc_remote(tmp_path, monkeypatch):
     assert json.loads(_run(clone, "dvc", "status", "--json")) == {}
     repro = _run(clone, "dvc", "repro")
     assert not _ran(repro) and "Data and pipelines are up to date" in repro
+    wrong_config = subprocess.run(["gdis", "dvc", "touch"], cwd=clone, capture_output=True, text=True)
+    assert wrong_config.returncode != 0 and f"gdis dvc yaml --configfile {MICRO}" not in wrong_config.stderr
+    assert "regenerate it with `gdis dvc yaml`" in wrong_config.stderr
     _run(clone, "gdis", "dvc", "touch", "--configfile", MICRO)
     assert "Nothing to be done" in _run(clone, "snakemake", "--dry-run", "--cores", "1", "--configfile", MICRO)
 
