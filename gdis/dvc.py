@@ -23,7 +23,6 @@ from gdis.io import write_text
 log = logging.getLogger(__name__)
 
 DVC_YAML = "dvc.yaml"
-DEFAULT_CONFIG = "config/config.yaml"
 PLOTS_TEMPLATE = ".dvc/plots/offline.html"
 METRICS_FLAG = "dvc_metrics"
 PLOTS_FLAG = "dvc_plots"
@@ -35,11 +34,6 @@ VEGA_BUNDLES = ("vega/vega.js", "vega-lite/vega-lite.js", "vega-embed/vega-embed
 
 class DvcError(RuntimeError):
     """The two tools disagree, or a rule cannot become a DVC stage; the message says what to do."""
-
-
-def config_files(configfiles: list[str]) -> list[str]:
-    """The config files the gdis commands receive, in merge order (as workflow/rules/common.smk builds them)."""
-    return [DEFAULT_CONFIG, *configfiles]
 
 
 def _configfile_args(configfiles: list[str]) -> list[str]:
@@ -120,7 +114,6 @@ def planned_stages(configfiles: list[str]) -> dict:
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
 
-    files = config_files(configfiles)
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=1),
@@ -132,6 +125,7 @@ def planned_stages(configfiles: list[str]) -> dict:
         workflow.dag_settings = DAGSettings(forceall=True)
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
+        files = workflow.globals["CONFIG_FILES"]  # what the gdis commands receive (workflow/rules/common.smk)
         stages = {}
         for level in workflow.dag.toposorted():
             for job in sorted(level, key=stage_name):

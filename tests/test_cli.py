@@ -18,7 +18,7 @@ def test_every_subcommand_has_help():
     parser = build_parser()
     subcommands = parser._subparsers._group_actions[0].choices
     assert set(subcommands) == {"check-config", "synthesize", "prepare-dataset", "split", "train", "evaluate", "table",
-                                "plot", "curves", "gallery", "visualize"}
+                                "plot", "curves", "gallery", "visualize", "dvc"}
     for name, sub in subcommands.items():
         assert sub.format_help().startswith(f"usage: gdis {name}")
 
