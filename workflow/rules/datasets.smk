@@ -16,7 +16,7 @@ if config["dataset"]["source"] in ("coco2017", "cityscapes"):
             else [],
         params:
             config=CONFIG_ARGS,
-            dataset=config["dataset"],
+            config_params=config_params("dataset"),
         log:
             f"{LOG_DIR}/prepare_dataset.log",
         conda:

@@ -12,7 +12,7 @@ rule evaluate:
         metrics=metrics(f"{EVAL_DIR}/{{model}}.json"),
     params:
         config=CONFIG_ARGS,
-        config_params=config_params("model", "evaluate"),
+        config_params=config_params("model", "evaluate", "splits.protocol"),
     log:
         f"{LOG_DIR}/evaluate/{NETWORK}/{{method}}_{{percent}}pct_fold{{fold}}_{{model}}.log",
     threads: config["evaluate"]["threads"]
