@@ -24,9 +24,7 @@ rule gallery:
         ),
     params:
         config=CONFIG_ARGS,
-        model=config["model"],
-        figures=config["figures"],
-        pseudo_label=config["train"]["pseudo_label"],
+        config_params=config_params("model", "figures", "train.pseudo_label"),
         split_dir=lambda wildcards, input: os.path.dirname(input.labeled),
     log:
         f"{LOG_DIR}/gallery/{NETWORK}/{{method}}_{{percent}}pct_fold{{fold}}.log",
