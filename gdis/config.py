@@ -13,6 +13,11 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 DISTILLATION_METHODS = ("standard_burnin", "guided_distillation")
+ARCH_BACKBONES = {
+    "mask_rcnn": ("tiny", "resnet50_fpn"),
+    "mask2former": ("tiny", "resnet50", "swin_tiny", "swin_small", "swin_base", "swin_large", "dinov2_vits14",
+                    "dinov2_vitb14", "dinov2_vitl14"),
+}
 
 
 class ConfigError(ValueError):
@@ -120,6 +125,10 @@ def _check_cross_fields(config: dict) -> None:
         problems.append(f"splits.label_percents: {percents} lists a percentage twice")
     if len(set(config["splits"]["folds"])) != len(config["splits"]["folds"]):
         problems.append(f"splits.folds: {config['splits']['folds']} lists a fold twice")
+    model = config["model"]
+    if model["backbone"] not in ARCH_BACKBONES[model["arch"]]:
+        problems.append(f"model.backbone: '{model['backbone']}' is not a backbone of model.arch '{model['arch']}' "
+                        f"(choose from {', '.join(ARCH_BACKBONES[model['arch']])})")
     train = config["train"]
     if any(method in DISTILLATION_METHODS for method in config["methods"]) and train["burn_in"] >= train["iterations"]:
         problems.append(

@@ -36,19 +36,32 @@ class TrainingError(RuntimeError):
     """Training cannot go on (for example a non-finite loss); the last good checkpoint is kept."""
 
 
-def lr_factor(step: int, warmup: int, milestones: list[int], gamma: float) -> float:
-    """Learning-rate multiplier: linear warm-up from 0.001, then ``gamma`` at each milestone passed."""
+def lr_factor(step: int, warmup: int, milestones: list[int], gamma: float, poly: tuple[int, float] | None = None) -> float:
+    """Learning-rate multiplier: linear warm-up from 0.001, then ``gamma`` at each milestone passed,
+    or, with ``poly`` = (iterations, power), the polynomial decay (1 - step / iterations) ** power."""
     decay = gamma ** sum(step >= milestone for milestone in milestones)
+    if poly is not None:
+        decay = max(0.0, 1 - step / poly[0]) ** poly[1]
     if step < warmup:
         return decay * (0.001 + (1 - 0.001) * step / warmup)
     return decay
 
 
 def build_optimizer(model: torch.nn.Module, train: dict) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The optimiser; the backbone's parameters form a second group at ``backbone_lr_multiplier`` times the rate."""
+    in_backbone = {id(p) for p in model.backbone_parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_backbone]
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) in in_backbone]
+    params = [{"params": rest}, {"params": backbone, "lr": train["lr"] * train["backbone_lr_multiplier"]}]
     if train["optimizer"] == "adamw":
         return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"])
     return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"])
+
+
+def autocast(model: torch.nn.Module, train: dict):
+    """bf16 autocast of forward passes when ``train.precision`` is bf16 (on the device the model is on)."""
+    device = next(model.parameters()).device.type
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=train["precision"] == "bf16")
 
 
 def save_checkpoint(path: Path, **state) -> None:
@@ -121,7 +134,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.student, self.train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda step: lr_factor(step, self.train["warmup_iterations"], self.train["lr_steps"], self.train["lr_gamma"]),
+            lambda step: lr_factor(step, self.train["warmup_iterations"], self.train["lr_steps"], self.train["lr_gamma"],
+                                   poly=(self.train["iterations"], self.train["poly_power"])
+                                   if self.train["lr_schedule"] == "poly" else None),
         )
         self.strong = photometric_augmentation(self.train["augment"])
         self.step = 0
@@ -188,9 +203,8 @@ class Trainer:
     def _pseudo_label(self, images: list[torch.Tensor], image_ids: list[int]) -> tuple[list, list, float, dict]:
         weak, strong = unlabeled_views(images, self.train["augment"], self.strong)
         thresholds = self.train["pseudo_label"]
-        predictions = self.teacher.predict(weak, score_threshold=thresholds["score_threshold"])
-        targets = [self.student.pseudo_labels(p, thresholds["score_threshold"], thresholds["mask_threshold"],
-                                              thresholds["min_area"]) for p in predictions]
+        with autocast(self.teacher, self.train):
+            targets = self.teacher.pseudo_labels(weak, thresholds)
         per_image = sum(len(t["labels"]) for t in targets) / len(targets)
         quality = {}
         measured_every = thresholds["quality_interval"] * self.train["log_period"]
@@ -216,7 +230,8 @@ class Trainer:
             strong, pseudo, per_image, quality = self._pseudo_label(unlabeled_images,
                                                                     [info["image_id"] for info in infos])
             groups.append((strong, pseudo))
-        supervised, *unsupervised_losses = self._student_losses(groups)
+        with autocast(self.student, train):
+            supervised, *unsupervised_losses = self._student_losses(groups)
         terms = {f"loss_supervised/{k}": v for k, v in supervised.items()}
         loss_supervised = sum(supervised.values())
         loss = loss_supervised

@@ -1,13 +1,15 @@
-"""Architectures behind one interface: ``losses(images, targets)``, ``predict(images)``, ``pseudo_labels(...)``."""
+"""Architectures behind one interface: ``losses(images, targets)``, ``predict(images)``,
+``pseudo_labels(images, thresholds)`` and ``backbone_parameters()``."""
 
 from __future__ import annotations
 
 import logging
 
+from gdis.models.mask2former import Mask2FormerSegmenter
 from gdis.models.mask_rcnn import MaskRCNNSegmenter
 
 log = logging.getLogger(__name__)
-ARCHITECTURES = {"mask_rcnn": MaskRCNNSegmenter}
+ARCHITECTURES = {"mask_rcnn": MaskRCNNSegmenter, "mask2former": Mask2FormerSegmenter}
 
 
 def build_model(model_config: dict, num_categories: int, load_weights: bool = True):

@@ -172,9 +172,13 @@ class MaskRCNNSegmenter(nn.Module):
             output["masks"] = output["masks"][:, 0]
         return outputs
 
-    @staticmethod
-    def pseudo_labels(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int) -> dict:
-        return filter_pseudo_labels(prediction, score_threshold, mask_threshold, min_area)
+    def backbone_parameters(self):
+        return self.net.backbone.body.parameters()
+
+    def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
+        """Targets for the student from this (teacher) network's detections on ``images`` (train.pseudo_label keys)."""
+        score, mask, area = thresholds["score_threshold"], thresholds["mask_threshold"], thresholds["min_area"]
+        return [filter_pseudo_labels(p, score, mask, area) for p in self.predict(images, score_threshold=score)]
 
 
 def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int) -> dict:

@@ -1,0 +1,149 @@
+"""Mask2Former backbones: each gives four feature maps, at strides 4, 8, 16 and 32, and their channel counts.
+
+- ``tiny``: the small group-normalised CNN of the Mask R-CNN demo, for CPU runs and tests;
+- ``resnet50``: torchvision's ResNet-50 (frozen batch norm when pre-trained weights are loaded);
+- ``swin_tiny|small|base|large``: Hugging Face transformers' Swin, with a layer norm on each output;
+- ``dinov2_vits14|vitb14|vitl14``: Hugging Face transformers' DINOv2 ViT and a simple feature pyramid
+  (ViTDet style) that turns its single-scale output into the four scales the pixel decoder needs.
+
+Each backbone knows where its published pre-trained weights live: a torchvision file in the
+``TORCH_HOME`` cache or a Hugging Face hub repository in the ``HF_HOME`` cache (see ``gdis.models.weights``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.models import ResNet50_Weights, resnet50
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from gdis.models.mask_rcnn import TINY_WIDTHS, TinyBody
+
+STAGES = {"stage1": "0", "stage2": "1", "stage3": "2", "stage4": "3"}
+RESNET_STAGES = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+PYRAMID_CHANNELS = 256
+
+
+class ConvBackbone(nn.Module):
+    """A CNN body whose four stages (strides 4-32) are returned as a list."""
+
+    def __init__(self, body: nn.Module, return_layers: dict[str, str], channels: list[int]) -> None:
+        super().__init__()
+        self.body = IntermediateLayerGetter(body, return_layers=return_layers)
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(x).values())
+
+
+class SwinFeatures(nn.Module):
+    """transformers' Swin backbone, all four stages out, each with its own layer norm."""
+
+    def __init__(self, embed_dim: int, depths: list[int], num_heads: list[int], window_size: int, image_size: int) -> None:
+        super().__init__()
+        from transformers import SwinBackbone, SwinConfig
+
+        config = SwinConfig(embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
+                            image_size=image_size, drop_path_rate=0.3, out_features=list(STAGES))
+        self.body = SwinBackbone(config)
+        self.channels = list(self.body.channels)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(x).feature_maps)
+
+
+class ViTSimplePyramid(nn.Module):
+    """transformers' DINOv2 ViT with a simple feature pyramid to strides 4, 8, 16 and 32.
+
+    The image is resized by 14/16 before the 14-pixel patch embedding, so that each token covers
+    16 input pixels: the token grid is then the stride-16 map. Two transposed convolutions give
+    strides 8 and 4, a max-pool gives stride 32; each scale is projected to 256 channels.
+    """
+
+    def __init__(self, hidden_size: int, num_layers: int, num_heads: int) -> None:
+        super().__init__()
+        from transformers import Dinov2Config, Dinov2Model
+
+        # image_size 518 matches the position embeddings of the published checkpoints.
+        config = Dinov2Config(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                              patch_size=14, image_size=518, layerscale_value=1.0)
+        self.body = Dinov2Model(config)
+        self.patch_size = 14
+        half, quarter = hidden_size // 2, hidden_size // 4
+        self.to_stride4 = nn.Sequential(
+            nn.ConvTranspose2d(hidden_size, half, 2, stride=2), nn.GroupNorm(32, half), nn.GELU(),
+            nn.ConvTranspose2d(half, quarter, 2, stride=2),
+        )
+        self.to_stride8 = nn.ConvTranspose2d(hidden_size, half, 2, stride=2)
+        self.to_stride32 = nn.MaxPool2d(2)
+        self.projections = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, PYRAMID_CHANNELS, 1, bias=False), nn.GroupNorm(32, PYRAMID_CHANNELS),
+                          nn.Conv2d(PYRAMID_CHANNELS, PYRAMID_CHANNELS, 3, padding=1, bias=False),
+                          nn.GroupNorm(32, PYRAMID_CHANNELS))
+            for channels in (quarter, half, hidden_size, hidden_size)
+        )
+        self.channels = [PYRAMID_CHANNELS] * 4
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        grid_h, grid_w = x.shape[-2] // 16, x.shape[-1] // 16
+        x = F.interpolate(x, size=(grid_h * self.patch_size, grid_w * self.patch_size), mode="bilinear",
+                          align_corners=False)
+        tokens = self.body(pixel_values=x).last_hidden_state[:, 1:]  # drop the class token
+        stride16 = tokens.transpose(1, 2).reshape(x.shape[0], -1, grid_h, grid_w)
+        scales = (self.to_stride4(stride16), self.to_stride8(stride16), stride16, self.to_stride32(stride16))
+        return [projection(scale) for projection, scale in zip(self.projections, scales)]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build a backbone and where its published pre-trained weights are."""
+
+    build: Callable[[bool], nn.Module]
+    torchvision_weights: object = None  # a torchvision weights enum, cached under TORCH_HOME
+    hub_repo: str | None = None  # a Hugging Face hub repository, cached under HF_HOME
+    imagenet: bool = False  # whether those published weights are ImageNet weights
+
+
+def _tiny(pretrained: bool) -> nn.Module:
+    return ConvBackbone(TinyBody(), STAGES, list(TINY_WIDTHS))
+
+
+def _resnet50(pretrained: bool) -> nn.Module:
+    # As torchvision's detection models: frozen statistics under pre-trained weights, batch norm from scratch.
+    norm = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    return ConvBackbone(resnet50(weights=None, norm_layer=norm), RESNET_STAGES, [256, 512, 1024, 2048])
+
+
+def _swin(embed_dim, depths, num_heads, window_size, image_size):
+    return lambda pretrained: SwinFeatures(embed_dim, depths, num_heads, window_size, image_size)
+
+
+def _dinov2(hidden_size, num_layers, num_heads):
+    return lambda pretrained: ViTSimplePyramid(hidden_size, num_layers, num_heads)
+
+
+BACKBONES = {
+    "tiny": BackboneSpec(_tiny),
+    "resnet50": BackboneSpec(_resnet50, torchvision_weights=ResNet50_Weights.IMAGENET1K_V1, imagenet=True),
+    "swin_tiny": BackboneSpec(_swin(96, [2, 2, 6, 2], [3, 6, 12, 24], 7, 224),
+                              hub_repo="microsoft/swin-tiny-patch4-window7-224", imagenet=True),
+    "swin_small": BackboneSpec(_swin(96, [2, 2, 18, 2], [3, 6, 12, 24], 7, 224),
+                               hub_repo="microsoft/swin-small-patch4-window7-224", imagenet=True),
+    "swin_base": BackboneSpec(_swin(128, [2, 2, 18, 2], [4, 8, 16, 32], 12, 384),
+                              hub_repo="microsoft/swin-base-patch4-window12-384-in22k", imagenet=True),
+    "swin_large": BackboneSpec(_swin(192, [2, 2, 18, 2], [6, 12, 24, 48], 12, 384),
+                               hub_repo="microsoft/swin-large-patch4-window12-384-in22k", imagenet=True),
+    "dinov2_vits14": BackboneSpec(_dinov2(384, 12, 6), hub_repo="facebook/dinov2-small"),
+    "dinov2_vitb14": BackboneSpec(_dinov2(768, 12, 12), hub_repo="facebook/dinov2-base"),
+    "dinov2_vitl14": BackboneSpec(_dinov2(1024, 24, 16), hub_repo="facebook/dinov2-large"),
+}
+
+
+def build_backbone(name: str, pretrained: bool) -> nn.Module:
+    """The backbone ``name``; ``pretrained`` says whether weights will be loaded (it picks ResNet's norm layer)."""
+    return BACKBONES[name].build(pretrained)

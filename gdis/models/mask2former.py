@@ -1,0 +1,262 @@
+"""Mask2Former (Hugging Face transformers, pure PyTorch) behind the gdis architecture interface.
+
+``Mask2FormerForUniversalSegmentation`` is built from a config; its backbone is replaced by one of
+``gdis.models.backbones`` and its pixel decoder rebuilt for that backbone's channels. Training uses
+the model's own Hungarian set loss with deep supervision; instance inference and pseudo-labels
+follow Mask2Former and Guided Distillation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gdis.models.backbones import BACKBONES, build_backbone
+from gdis.models.weights import load_matching_state, resolve_hub_weights, resolve_torchvision_weights
+
+log = logging.getLogger(__name__)
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+SIZE_DIVISIBILITY = 32
+LOSS_TERMS = ("loss_cross_entropy", "loss_mask", "loss_dice")
+
+
+def build_hf_model(num_labels: int, settings: dict, backbone: nn.Module):
+    """``Mask2FormerForUniversalSegmentation`` for ``num_labels`` classes, on ``backbone`` (model.mask2former keys)."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoder
+
+    config = Mask2FormerConfig(
+        # The smallest transformers backbone, replaced by ``backbone`` right after construction.
+        backbone_config=SwinConfig(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                                   out_features=["stage1", "stage2", "stage3", "stage4"]),
+        num_labels=num_labels,
+        num_queries=settings["num_queries"],
+        hidden_dim=settings["hidden_dim"],
+        feature_size=settings["hidden_dim"],
+        mask_feature_size=settings["hidden_dim"],
+        num_attention_heads=settings["num_attention_heads"],
+        dim_feedforward=settings["dim_feedforward"],
+        encoder_layers=settings["encoder_layers"],
+        encoder_feedforward_dim=settings["encoder_feedforward_dim"],
+        decoder_layers=settings["decoder_layers"],
+        train_num_points=settings["train_num_points"],
+        class_weight=settings["class_weight"],
+        mask_weight=settings["mask_weight"],
+        dice_weight=settings["dice_weight"],
+        no_object_weight=settings["no_object_weight"],
+        use_auxiliary_loss=True,
+    )
+    net = Mask2FormerForUniversalSegmentation(config)
+    pixel_level = net.model.pixel_level_module
+    pixel_level.encoder = _FeatureMaps(backbone)
+    pixel_level.decoder = Mask2FormerPixelDecoder(config, feature_channels=backbone.channels)
+    for module in pixel_level.decoder.modules():
+        net._init_weights(module)
+    return net
+
+
+class _FeatureMaps(nn.Module):
+    """Adapts a gdis backbone to the transformers backbone output (``.feature_maps``)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.channels = backbone.channels
+
+    def forward(self, pixel_values: torch.Tensor):
+        from transformers.modeling_outputs import BackboneOutput
+
+        return BackboneOutput(feature_maps=tuple(self.backbone(pixel_values)))
+
+
+def resized_size(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int]:
+    """Image size with the short side at ``short_side`` and the long side at most ``max_size``."""
+    scale = min(short_side / min(height, width), max_size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def padded(size: int) -> int:
+    return -(-size // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """xyxy boxes (pixel edges) of binary masks (N, H, W); an empty mask gets a zero box."""
+    boxes = torch.zeros((len(masks), 4))
+    for index, mask in enumerate(masks):
+        rows, cols = torch.where(mask.any(1))[0], torch.where(mask.any(0))[0]
+        if len(rows):
+            boxes[index] = torch.tensor([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=torch.float32)
+    return boxes
+
+
+def instance_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, top_k: int) -> dict:
+    """Mask2Former's instance inference on one image's queries.
+
+    ``class_logits`` (Q, K+1), the last class being "no object"; ``mask_logits`` (Q, H, W) at image
+    size. The ``top_k`` best (query, class) pairs over all queries and foreground classes are kept;
+    a pair's mask is sigmoid > 0.5 and its score the class probability times the mean mask
+    probability inside that mask. Labels are 1..K; masks are returned as probabilities.
+    """
+    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    probabilities = class_logits.softmax(-1)[:, :-1]
+    scores, pair = probabilities.flatten().topk(min(top_k, num_queries * num_classes))
+    query, label = pair // num_classes, pair % num_classes
+    logits = mask_logits[query]
+    binary = logits > 0
+    inside = binary.flatten(1).float()
+    mask_score = (logits.sigmoid().flatten(1) * inside).sum(1) / (inside.sum(1) + 1e-6)
+    return {"boxes": mask_boxes(binary), "labels": label + 1, "scores": scores * mask_score,
+            "masks": logits.sigmoid()}
+
+
+def select_pseudo_label_queries(class_logits: torch.Tensor, mask_logits: torch.Tensor, class_threshold: float,
+                                min_mask_probability_sum: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher queries that become pseudo-labels, as in Guided Distillation, and their classes (0..K-1).
+
+    Drops queries whose arg-max class is "no object" (the last one), keeps those whose class
+    probability is > ``class_threshold`` and whose sigmoid mask probabilities, summed over the
+    low-resolution ``mask_logits`` (Q, h, w), are > ``min_mask_probability_sum``.
+    """
+    probability, label = class_logits.softmax(-1).max(-1)
+    is_object = label != class_logits.shape[-1] - 1
+    confident = probability > class_threshold
+    large = mask_logits.sigmoid().flatten(1).sum(1) > min_mask_probability_sum
+    keep = is_object & confident & large
+    return keep.nonzero().flatten(), label[keep]
+
+
+class Mask2FormerSegmenter(nn.Module):
+    """Mask2Former with the calls the distillation engine needs: losses, predict, pseudo_labels."""
+
+    def __init__(self, num_classes: int, model_config: dict) -> None:
+        super().__init__()
+        self.backbone_name = model_config["backbone"]
+        settings = model_config["mask2former"]
+        backbone = build_backbone(self.backbone_name, pretrained=bool(model_config["backbone_weights"]))
+        self.net = build_hf_model(num_classes - 1, settings, backbone)
+        self.train_sizes = tuple(model_config["min_size"])
+        self.test_size = model_config["test_size"]
+        self.max_size = model_config["max_size"]
+        self.top_k = model_config["detections_per_image"]
+        self.register_buffer("image_mean", torch.tensor(IMAGE_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGE_STD).view(3, 1, 1), persistent=False)
+        self.weights = "random"
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.net.model.pixel_level_module.encoder.backbone
+
+    def backbone_parameters(self):
+        """Parameters of the backbone, which train at ``train.backbone_lr_multiplier`` times the learning rate."""
+        return self.backbone.parameters()
+
+    def load_backbone_weights(self, spec: str) -> None:
+        """Initialise the backbone from its published weights ('pretrained', or 'imagenet') or a local file."""
+        published = BACKBONES[self.backbone_name]
+        if spec in ("pretrained", "imagenet"):
+            if spec == "imagenet" and not published.imagenet:
+                raise ValueError(f"model.backbone_weights: backbone '{self.backbone_name}' has no ImageNet weights; "
+                                 "use 'pretrained' for its published weights")
+            if published.torchvision_weights is not None:
+                path = resolve_torchvision_weights(published.torchvision_weights)
+            elif published.hub_repo is not None:
+                path = resolve_hub_weights(published.hub_repo)
+            else:
+                raise ValueError(f"model.backbone_weights: no published weights exist for backbone "
+                                 f"'{self.backbone_name}'")
+        else:
+            path = spec
+        missing = load_matching_state(self.backbone.body, path, f"backbone '{self.backbone_name}'")
+        if missing:
+            log.info("%d backbone tensor(s) not in %s keep their initialisation, e.g. %s", len(missing), path,
+                     ", ".join(missing[:3]))
+        self.weights = spec
+
+    # -- inputs --------------------------------------------------------------------------------
+    def _batch(self, images: list[torch.Tensor], short_side: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Resized, normalised images zero-padded (after normalisation) to one size divisible by 32."""
+        sizes = [resized_size(image.shape[-2], image.shape[-1], short_side, self.max_size) for image in images]
+        height, width = padded(max(h for h, _ in sizes)), padded(max(w for _, w in sizes))
+        batch = images[0].new_zeros((len(images), 3, height, width))
+        for slot, image, (h, w) in zip(batch, images, sizes):
+            resized = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            slot[:, :h, :w] = (resized - self.image_mean) / self.image_std
+        return batch, sizes
+
+    @staticmethod
+    def _target_masks(masks: torch.Tensor, size: tuple[int, int], padded_size: tuple[int, int]) -> torch.Tensor:
+        out = torch.zeros((len(masks), *padded_size))
+        if len(masks):
+            resized = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]
+            out[:, : size[0], : size[1]] = resized
+        return out
+
+    def _forward(self, pixel_values: torch.Tensor, auxiliary: bool):
+        return self.net(pixel_values=pixel_values, output_auxiliary_logits=auxiliary)
+
+    # -- the interface ---------------------------------------------------------------------------
+    def losses(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """The Hungarian set loss with deep supervision; the decoder layers' terms are summed per kind (``_aux``)."""
+        self.net.train()
+        short_side = self.train_sizes[int(torch.randint(len(self.train_sizes), ()))]
+        pixel_values, sizes = self._batch(images, short_side)
+        outputs = self._forward(pixel_values, auxiliary=True)
+        padded_size = tuple(pixel_values.shape[-2:])
+        mask_labels = [self._target_masks(t["masks"], size, padded_size) for t, size in zip(targets, sizes)]
+        class_labels = [t["labels"].long() - 1 for t in targets]
+        auxiliary = [{key: value.float() for key, value in layer.items()} for layer in outputs.auxiliary_logits]
+        with torch.autocast(pixel_values.device.type, enabled=False):  # matching and loss in float32
+            terms = self.net.get_loss_dict(outputs.masks_queries_logits.float(), outputs.class_queries_logits.float(),
+                                           mask_labels, class_labels, auxiliary)
+        losses = {name: terms[name] for name in LOSS_TERMS}
+        for name in LOSS_TERMS:
+            losses[f"{name}_aux"] = sum(value for key, value in terms.items() if key.startswith(f"{name}_"))
+        return losses
+
+    @torch.no_grad()
+    def _query_outputs(self, images: list[torch.Tensor]):
+        """Class logits (B, Q, K+1) and low-resolution mask logits (B, Q, h, w) at the test size, with the sizes."""
+        self.net.eval()
+        pixel_values, sizes = self._batch(images, self.test_size)
+        outputs = self._forward(pixel_values, auxiliary=False)
+        return outputs.class_queries_logits.float(), outputs.masks_queries_logits.float(), pixel_values.shape[-2:], sizes
+
+    @staticmethod
+    def _to_image(mask_logits: torch.Tensor, padded_size, size, image_size) -> torch.Tensor:
+        """Mask logits at the padded input's stride 4 -> cropped to the image -> resized to the original size."""
+        if not len(mask_logits):
+            return mask_logits.new_zeros((0, *image_size))
+        logits = F.interpolate(mask_logits[None], size=tuple(padded_size), mode="bilinear", align_corners=False)
+        logits = logits[:, :, : size[0], : size[1]]
+        return F.interpolate(logits, size=tuple(image_size), mode="bilinear", align_corners=False)[0]
+
+    @torch.no_grad()
+    def predict(self, images: list[torch.Tensor]) -> list[dict]:
+        """Per image: boxes (xyxy, from the masks), labels (1..K), scores, masks as (N, H, W) probabilities."""
+        class_logits, mask_logits, padded_size, sizes = self._query_outputs(images)
+        results = []
+        for image, classes, masks, size in zip(images, class_logits, mask_logits, sizes):
+            masks = self._to_image(masks, padded_size, size, image.shape[-2:])
+            results.append(instance_inference(classes, masks, self.top_k))
+        return results
+
+    @torch.no_grad()
+    def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
+        """Targets for the student from this (teacher) network's queries on ``images`` (train.pseudo_label keys).
+
+        Queries are selected on the low-resolution outputs (``select_pseudo_label_queries``); each
+        kept mask is its logits, resized to the image as at inference, with sigmoid > mask_threshold.
+        """
+        class_logits, mask_logits, padded_size, sizes = self._query_outputs(images)
+        targets = []
+        for image, classes, masks, size in zip(images, class_logits, mask_logits, sizes):
+            queries, labels = select_pseudo_label_queries(classes, masks, thresholds["score_threshold"],
+                                                          thresholds["min_mask_probability_sum"])
+            probabilities = self._to_image(masks[queries], padded_size, size, image.shape[-2:]).sigmoid()
+            binary = probabilities > thresholds["mask_threshold"]
+            targets.append({"boxes": mask_boxes(binary), "labels": labels + 1, "masks": binary.to(torch.uint8)})
+        return targets
