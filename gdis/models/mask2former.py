@@ -9,13 +9,15 @@ follow Mask2Former and Guided Distillation.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from gdis.models.backbones import BACKBONES, build_backbone
-from gdis.models.weights import load_matching_state, resolve_hub_weights, resolve_torchvision_weights
+from gdis.models.weights import (load_matching_state, load_transformers_weights, resolve_hub_weights,
+                                resolve_torchvision_weights)
 
 log = logging.getLogger(__name__)
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -170,7 +172,11 @@ class Mask2FormerSegmenter(nn.Module):
                                  f"'{self.backbone_name}'")
         else:
             path = spec
-        missing = load_matching_state(self.backbone.body, path, f"backbone '{self.backbone_name}'")
+        what = f"backbone '{self.backbone_name}'"
+        if published.hub_repo is not None and Path(path).suffix not in (".pt", ".pth"):
+            missing = load_transformers_weights(self.backbone.body, path, what)  # renames hub tensor names
+        else:
+            missing = load_matching_state(self.backbone.body, path, what)
         if missing:
             log.info("%d backbone tensor(s) not in %s keep their initialisation, e.g. %s", len(missing), path,
                      ", ".join(missing[:3]))

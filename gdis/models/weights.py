@@ -98,7 +98,7 @@ def read_weights(path: str | Path) -> dict:
 
 
 # Prefixes that wrap a backbone's own names in the files of torchvision, transformers and gdis checkpoints.
-WEIGHT_PREFIXES = ("module.", "net.model.pixel_level_module.encoder.body.", "backbone.body.", "backbone.", "swin.",
+WEIGHT_PREFIXES = ("module.", "net.model.pixel_level_module.encoder.backbone.body.", "backbone.body.", "backbone.", "swin.",
                    "dinov2.", "body.")
 
 
@@ -126,3 +126,36 @@ def load_matching_state(module: nn.Module, path: str | Path, what: str) -> list[
         raise ValueError(f"weights file {path} has no tensor of {what} (first keys in the file: {list(state)[:5]})")
     module.load_state_dict(matched, strict=False)
     return sorted(set(own) - set(matched))
+
+
+def load_transformers_weights(body: nn.Module, path: str | Path, what: str) -> list[str]:
+    """Load a transformers-format weights file or folder into the transformers model ``body``, offline.
+
+    Published files name tensors as on the hub; transformers' own loader (``from_pretrained``)
+    renames them to the model's current names. Returns the names of the body's tensors not in the file.
+    """
+    import tempfile
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = path
+        if path.is_file():  # from_pretrained reads folders: present the file under its standard name
+            folder = Path(scratch)
+            name = HUB_WEIGHT_FILES[0] if path.suffix == ".safetensors" else HUB_WEIGHT_FILES[1]
+            (folder / name).symlink_to(path.resolve())
+        try:
+            loaded, info = type(body).from_pretrained(folder, config=body.config, local_files_only=True,
+                                                      output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ValueError(f"cannot load weights from {path} into {what}: {error}") from None
+    if info["mismatched_keys"]:
+        raise ValueError(f"weights file {path} does not fit {what}: {len(info['mismatched_keys'])} tensor(s) differ "
+                         f"in shape, e.g. {'; '.join(str(m) for m in list(info['mismatched_keys'])[:3])}")
+    missing = set(info["missing_keys"])
+    own = body.state_dict()
+    if missing >= set(own):
+        raise ValueError(f"weights file {path} has no tensor of {what}")
+    body.load_state_dict({key: value for key, value in loaded.state_dict().items() if key not in missing}, strict=False)
+    return sorted(missing)
