@@ -3,9 +3,10 @@
 Generates a small copy of the built-in dataset, draws a split, trains a supervised run (also the
 teacher), then a guided-distillation run whose every step pseudo-labels an unlabelled batch with that
 teacher. Prints, per method, the median wall-clock and CPU seconds of the timed steps (the first
-``--warmup`` steps are left out). Config files are merged as in the workflow, e.g.
+``--warmup`` steps are left out). Config files are merged as in the workflow; the default is the
+demo config with the tiny CPU preset:
 
-    python benchmarks/mask2former_step_time.py --config config/config.yaml config/presets/mask2former_tiny_cpu.yaml
+    python -m benchmarks.mask2former_step_time [--config FILE ...] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from gdis.config import deep_merge, load_config, validate_config
 from gdis.engine import Trainer
 from gdis.splits import write_split
 from gdis.synthetic import SyntheticSpec, generate_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class TimedTrainer(Trainer):
@@ -45,7 +48,10 @@ def time_method(config: dict, method: str, split_dir: Path, images: Path, out_di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", nargs="+", required=True, metavar="YAML", help="config files, merged in order")
+    parser.add_argument("--config", nargs="+", metavar="YAML", help="config files, merged in order",
+                        default=[str(REPO / "config" / "config.yaml"),
+                                 str(REPO / "config" / "presets" / "mask2former_tiny_cpu.yaml")])
+    parser.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed afterwards)")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per method")
     parser.add_argument("--label-percent", type=float, default=5.0)
@@ -62,7 +68,7 @@ def main() -> None:
                "arch": config["model"]["arch"], "backbone": config["model"]["backbone"],
                "batch_size": config["train"]["batch_size"], "unlabeled_batch_size": config["train"]["unlabeled_batch_size"],
                "image_size": config["dataset"]["synthetic"]["image_size"], "timed_steps": args.steps}
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as scratch:
         root = Path(scratch)
         generate_synthetic_dataset(root / "data", SyntheticSpec(**{**config["dataset"]["synthetic"], "num_train": 80, "num_val": 1}))
         split_dir = root / "split"
