@@ -213,7 +213,7 @@ def test_a_mismatched_weights_file_is_refused(tmp_path):
 
 def test_gdis_checkpoint_of_a_trained_backbone_loads(tmp_path, model):
     path = tmp_path / "student.pt"
-    torch.save({"model": model.state_dict()}, path)  # keys prefixed net.model.pixel_level_module.encoder...
+    torch.save({"format": "gdis-checkpoint-1", "student": model.state_dict()}, path)  # as model_final.pt
     loaded = build_model(deep_merge(MODEL, {"backbone_weights": str(path)}), num_categories=3)
     for key, value in model.backbone.body.state_dict().items():
         assert torch.equal(loaded.backbone.body.state_dict()[key], value), key

@@ -72,7 +72,7 @@ def resolve_hub_weights(repo_id: str) -> Path:
                          for name in HUB_WEIGHT_FILES)
     raise FileNotFoundError(
         f"pre-trained weights of {repo_id} not found: looked for {looked}. Download the repository on a machine "
-        f"with internet access (huggingface-cli download {repo_id}) and copy its cache there (or set HF_HOME), "
+        f"with internet access (hf download {repo_id}) and copy its cache there (or set HF_HOME), "
         f"or set model.backbone_weights to a local file."
     )
 
@@ -98,8 +98,8 @@ def read_weights(path: str | Path) -> dict:
 
 
 # Prefixes that wrap a backbone's own names in the files of torchvision, transformers and gdis checkpoints.
-WEIGHT_PREFIXES = ("module.", "net.model.pixel_level_module.encoder.backbone.body.", "backbone.body.", "backbone.", "swin.",
-                   "dinov2.", "body.")
+WEIGHT_PREFIXES = ("module.", "net.model.pixel_level_module.encoder.backbone.body.", "backbone.body.", "backbone.",
+                   "swin.", "dinov2.", "body.")
 
 
 def load_matching_state(module: nn.Module, path: str | Path, what: str) -> list[str]:
@@ -109,7 +109,7 @@ def load_matching_state(module: nn.Module, path: str | Path, what: str) -> list[
     does not, or a file with no fitting tensor at all, is an error naming the file: it is the wrong variant.
     """
     state = read_weights(path)
-    for wrapper in ("model", "state_dict"):
+    for wrapper in ("model", "state_dict", "student"):  # "student": a gdis checkpoint's trained network
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     own = module.state_dict()
