@@ -41,6 +41,38 @@ def cmd_check_config(args) -> None:
     print(yaml.safe_dump(load_config(args.config), sort_keys=False), end="")
 
 
+def _dataset_check(path: str | None) -> dict | None:
+    from gdis.io import read_json
+
+    return read_json(path, "dataset check report") if path else None
+
+
+def cmd_check_dataset(args) -> None:
+    from gdis.check_dataset import check_dataset, summary
+    from gdis.config import dataset_paths, load_config
+    from gdis.io import write_json
+
+    if args.config:
+        if not args.subset or args.annotations or args.images:
+            raise ValueError("with --config give --subset (train or val), not --annotations/--images")
+        config = load_config(args.config)
+        paths = dataset_paths(config)
+        annotations, images = paths[f"{args.subset}_annotations"], paths[f"{args.subset}_images"]
+        policy = args.on_bad_input or config["dataset"]["on_bad_input"]
+    elif args.annotations and args.images:
+        annotations, images, policy = args.annotations, args.images, args.on_bad_input or "fail"
+    else:
+        raise ValueError("give --config and --subset, or --annotations and --images")
+    report = check_dataset(annotations, images, policy)
+    for finding in report["errors"]:
+        log.warning("skipped: %s", finding["message"])
+    for finding in report["notes"]:
+        log.info("note: %s", finding["message"])
+    log.info("%s", summary(report))
+    if args.report:
+        write_json(args.report, report, indent=1)
+
+
 def cmd_synthesize(args) -> None:
     from gdis.config import load_config
     from gdis.synthetic import SyntheticSpec, generate_synthetic_dataset
@@ -89,7 +121,8 @@ def cmd_split(args) -> None:
         extra_images = [{**image, "file_name": f"{prefix}/{image['file_name']}"}
                         for image in load_coco(extra["image_info"])["images"]]
     manifest = write_split(paths["train_annotations"], args.out_dir, args.label_percent, args.fold,
-                           splits["seed"], splits["unlabeled"], splits["protocol"], splits["list_file"], extra_images)
+                           splits["seed"], splits["unlabeled"], splits["protocol"], splits["list_file"], extra_images,
+                           _dataset_check(args.dataset_check))
     log.info("%s split %s: %d of %d images labelled, %d unlabelled -> %s", manifest["protocol"],
              manifest["split_name"], manifest["num_labeled"], manifest["num_images"], manifest["num_unlabeled"],
              args.out_dir)
@@ -99,14 +132,21 @@ def cmd_train(args) -> None:
     from gdis.config import dataset_paths, load_config
     from gdis.engine import Trainer
 
+    from gdis.io import read_json
+
     config = load_config(args.config)
     _threads(config, "train")
     split_dir = Path(args.split_dir)
+    dataset_check = read_json(split_dir / "manifest.json", "split manifest").get("dataset_check")
+    if dataset_check and (dataset_check["skipped_images"] or dataset_check["skipped_annotations"]):
+        log.warning("training without %d unusable image(s) and %d annotation(s) of %s (dataset.on_bad_input: skip)",
+                    dataset_check["skipped_images"], dataset_check["skipped_annotations"], dataset_check["annotations"])
     Trainer(
         config, args.method, split_dir / "labeled.json", split_dir / "unlabeled.json",
         dataset_paths(config)["train_images"], args.out_dir, teacher_checkpoint=args.teacher,
         burn_in_checkpoint=args.burn_in_checkpoint,
-        run_info={"label_percent": args.label_percent, "fold": args.fold, "split_dir": str(split_dir)},
+        run_info={"label_percent": args.label_percent, "fold": args.fold, "split_dir": str(split_dir),
+                  "dataset_check": dataset_check},
         hidden_annotations=dataset_paths(config)["train_annotations"],
     ).run()
 
@@ -124,7 +164,8 @@ def cmd_evaluate(args) -> None:
     model, state = load_network(checkpoint, args.model, config["model"])
     paths = dataset_paths(config)
     metrics = evaluate_network(model, state["category_ids"], paths["val_annotations"], paths["val_images"],
-                               args.predictions, config["evaluate"]["batch_size"], config["evaluate"]["evaluator"])
+                               args.predictions, config["evaluate"]["batch_size"], config["evaluate"]["evaluator"],
+                               _dataset_check(args.dataset_check))
     row = {
         "dataset": config["dataset"]["name"], "arch": config["model"]["arch"], "backbone": config["model"]["backbone"],
         "weights": run["weights"], "method": state["method"], "label_percent": run["label_percent"],
@@ -224,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     sub.set_defaults(func=cmd_check_config)
 
+    sub = commands.add_parser("check-dataset", help="report unusable images and annotations of a COCO-format dataset")
+    sub.add_argument("--config", nargs="+", metavar="YAML", help="config file(s): check the configured dataset")
+    sub.add_argument("--subset", choices=["train", "val"], help="with --config: which part of the dataset")
+    sub.add_argument("--annotations", help="without --config: a COCO annotation file")
+    sub.add_argument("--images", help="without --config: the folder holding its images")
+    sub.add_argument("--on-bad-input", choices=["fail", "skip"],
+                     help="fail: exit 1 listing every problem; skip: record them for leaving out "
+                          "(default: dataset.on_bad_input, or fail)")
+    sub.add_argument("--report", help="JSON report to write: every finding, counts, the items to leave out")
+    sub.set_defaults(func=cmd_check_dataset)
+
     sub = commands.add_parser("synthesize", help="generate the built-in synthetic dataset (COCO format)")
     _add_config(sub)
     sub.add_argument("--out-dir", required=True, help="dataset folder to create (replaced atomically)")
@@ -251,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--label-percent", type=_percent, required=True, help="percentage of labelled images, e.g. 0.4")
     sub.add_argument("--fold", type=int, required=True, help="fold number (seeds the draw)")
     sub.add_argument("--out-dir", required=True, help="writes labeled.json, unlabeled.json and manifest.json here")
+    sub.add_argument("--dataset-check", help="report of 'gdis check-dataset' on the training set: leaves out what it excludes")
     sub.set_defaults(func=cmd_split)
 
     sub = commands.add_parser("train", help="train one network: supervised, standard_burnin or guided_distillation")
@@ -272,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", required=True, choices=["student", "ema_teacher"], help="which network to evaluate")
     sub.add_argument("--predictions", required=True, help="COCO results JSON to write")
     sub.add_argument("--metrics", required=True, help="metrics JSON to write")
+    sub.add_argument("--dataset-check", help="report of 'gdis check-dataset' on the val set: leaves out what it excludes")
     sub.set_defaults(func=cmd_evaluate)
 
     sub = commands.add_parser("table", help="collect metrics files into a tidy CSV and a paper-style Markdown table")

@@ -139,8 +139,44 @@ def _check_cross_fields(config: dict) -> None:
         problems.append("methods: guided_distillation needs 'supervised' too (its pre-trained teacher)")
     if any(step > train["iterations"] for step in train["lr_steps"]):
         problems.append(f"train.lr_steps: {train['lr_steps']} has a step beyond train.iterations ({train['iterations']})")
+    problems += _training_problems(config)
+    problems += _model_problems(config["model"])
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _training_problems(config: dict) -> list[str]:
+    train, problems = config["train"], []
+    if train["warmup_iterations"] > train["iterations"]:
+        problems.append(f"train.warmup_iterations: {train['warmup_iterations']} is beyond train.iterations "
+                        f"({train['iterations']}): the learning rate would never reach train.lr")
+    if train["lr_steps"] != sorted(set(train["lr_steps"])):
+        problems.append(f"train.lr_steps: {train['lr_steps']} must be strictly increasing")
+    augment = train["augment"]
+    if augment["color_jitter"][3] > 0.5:
+        problems.append(f"train.augment.color_jitter: hue jitter {augment['color_jitter'][3]} must be at most 0.5")
+    if augment["blur_sigma"][0] > augment["blur_sigma"][1]:
+        problems.append(f"train.augment.blur_sigma: {augment['blur_sigma']} must be [low, high] with low <= high")
+    distilling = any(method in DISTILLATION_METHODS for method in config["methods"])
+    if distilling and train["pseudo_label"]["score_threshold"] >= 1:
+        problems.append(f"train.pseudo_label.score_threshold: {train['pseudo_label']['score_threshold']} keeps no "
+                        "detection (scores are below 1), so distillation would have no targets")
+    return problems
+
+
+def _model_problems(model: dict) -> list[str]:
+    problems = []
+    too_large = [size for size in model["min_size"] + [model["test_size"]] if size > model["max_size"]]
+    if too_large:
+        problems.append(f"model.max_size: {model['max_size']} is below the image side(s) {too_large} of model.min_size "
+                        "/ model.test_size")
+    weights = model["backbone_weights"]
+    if weights == "imagenet" and model["backbone"] == "tiny":
+        problems.append("model.backbone_weights: 'imagenet' exists for resnet50_fpn only, not for backbone 'tiny' "
+                        "(use null or a state-dict file)")
+    elif weights not in (None, "imagenet") and not Path(weights).is_file():
+        problems.append(f"model.backbone_weights: {weights!r} is neither null, 'imagenet' nor an existing file")
+    return problems
 
 
 def format_percent(percent: float) -> str:

@@ -70,7 +70,7 @@ def read_image(path: Path, info: dict) -> torch.Tensor:
     """Read an image as RGB uint8 (3, H, W); errors name the image id and file."""
     try:
         with Image.open(path) as handle:
-            rgb = np.asarray(handle.convert("RGB"))
+            rgb = rgb_array(handle)
     except FileNotFoundError:
         raise DatasetError(f"image {info['id']}: file not found: {path}") from None
     except (UnidentifiedImageError, OSError) as error:
@@ -81,6 +81,14 @@ def read_image(path: Path, info: dict) -> torch.Tensor:
             f"{info['width']}x{info['height']}"
         )
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+
+
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 pixels; 16-bit grayscale is scaled to 8 bits (Pillow's RGB conversion would saturate it)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        gray = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
 
 
 class StepBatchSampler(Sampler):

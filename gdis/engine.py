@@ -65,8 +65,13 @@ def autocast(model: torch.nn.Module, train: dict):
 
 
 def save_checkpoint(path: Path, **state) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as handle:
+        try:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, handle)
+        except RuntimeError as error:  # torch reports a failed write (disk full) as a RuntimeError around the OSError
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -140,6 +145,7 @@ class Trainer:
         )
         self.strong = photometric_augmentation(self.train["augment"])
         self.step = 0
+        self.nonfinite_skips = 0
         self.log_records: list[dict] = []
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -155,6 +161,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng_state": torch.get_rng_state(),
             "log_records": json.dumps(self.log_records),
+            "nonfinite_skips": self.nonfinite_skips,
             "train_config": json.dumps(self.train, sort_keys=True),
         }
 
@@ -190,6 +197,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.log_records = json.loads(state["log_records"])
+        self.nonfinite_skips = state.get("nonfinite_skips", 0)
         self.step = state["step"]
 
     def _load_pretrained_teacher(self) -> None:
@@ -242,6 +250,8 @@ class Trainer:
             loss_unsupervised = sum(unsupervised.values())
             loss = loss + train["unlabeled_weight"] * loss_unsupervised
             record.update(loss_unsupervised=loss_unsupervised.item(), pseudo_labels_per_image=per_image, **quality)
+        if train["on_nonfinite"] == "skip" and not all(torch.isfinite(value) for value in terms.values()):
+            return self._skip_update(step, terms)
         _finite_or_fail(step, terms)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -254,6 +264,14 @@ class Trainer:
         record.update({k: v.item() for k, v in terms.items()})
         record.update(loss=loss.item(), lr=self.optimizer.param_groups[0]["lr"])
         return record
+
+    def _skip_update(self, step: int, terms: dict[str, torch.Tensor]) -> dict:
+        """Drop this step's update (train.on_nonfinite: skip); the schedule advances so later steps keep their place."""
+        self.nonfinite_skips += 1
+        bad = {name: float(value) for name, value in terms.items() if not torch.isfinite(value)}
+        log.warning("step %d: non-finite loss term(s) %s; update skipped (%d so far)", step, bad, self.nonfinite_skips)
+        self.scheduler.step()
+        return {"nonfinite_skips": self.nonfinite_skips, "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _phase_name(self) -> str:
         if self.method == distill.SUPERVISED:
@@ -292,7 +310,7 @@ class Trainer:
                 record.update(step=self.step, phase=phase_name, seconds_per_step=(now - window_start) / window_steps)
                 window_start, window_steps = now, 0
                 self.log_records.append(record)
-                progress.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+                progress.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", refresh=False)
             if self.step % train["checkpoint_period"] == 0 and self.step < train["iterations"]:
                 save_checkpoint(self.work_dir / "last.pt", **self._state())
             if self.method == distill.SUPERVISED and self.step == train["burn_in"]:
@@ -310,7 +328,8 @@ class Trainer:
             self.config, method=self.method, iterations=self.step, weights=self.student.weights,
             seconds=round(seconds, 1), teacher_checkpoint=self.teacher_checkpoint,
             burn_in_checkpoint=self.burn_in_checkpoint,
-            num_labeled_images=len(self.labeled), category_ids=self.category_ids, **self.run_info,
+            num_labeled_images=len(self.labeled), category_ids=self.category_ids, nonfinite_skips=self.nonfinite_skips,
+            **self.run_info,
         ), indent=1)
         if (self.work_dir / BURN_IN_CHECKPOINT).exists():
             os.replace(self.work_dir / BURN_IN_CHECKPOINT, self.out_dir / BURN_IN_CHECKPOINT)

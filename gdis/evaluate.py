@@ -17,7 +17,8 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from gdis.coco import encode_mask, load_coco
+from gdis.check_dataset import usable_coco
+from gdis.coco import encode_mask
 from gdis.data import CocoInstances, collate, to_float
 from gdis.io import read_json, write_json
 
@@ -71,12 +72,17 @@ def _coco_api(evaluator: str) -> tuple:
     raise ValueError(f"evaluate.evaluator: unknown evaluator {evaluator!r}; expected one of {', '.join(EVALUATORS)}")
 
 
-def coco_metrics(annotations_path: str | Path, results_path: str | Path, evaluator: str = "faster_coco_eval") -> dict:
-    """Mask and box AP (in percent) of a COCO results file, computed by ``evaluator``'s COCOeval."""
+def coco_metrics(annotations: str | Path | dict, results_path: str | Path, evaluator: str = "faster_coco_eval") -> dict:
+    """Mask and box AP (in percent) of a COCO results file against a COCO file or dict, by ``evaluator``'s COCOeval."""
     coco_class, eval_class, eval_options = _coco_api(evaluator)
     results = read_json(results_path, "predictions file")
     with contextlib.redirect_stdout(sys.stderr):
-        ground_truth = coco_class(str(annotations_path))
+        if isinstance(annotations, dict) and coco_class is COCO:  # pycocotools' COCO reads files only
+            ground_truth = COCO()
+            ground_truth.dataset = annotations
+            ground_truth.createIndex()
+        else:
+            ground_truth = coco_class(annotations if isinstance(annotations, dict) else str(annotations))
         metrics = {}
         for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
             if not results:
@@ -95,15 +101,19 @@ def coco_metrics(annotations_path: str | Path, results_path: str | Path, evaluat
 
 
 def evaluate_network(model, category_ids: list[int], annotations_path: str | Path, images_dir: str | Path,
-                     predictions_path: str | Path, batch_size: int, evaluator: str = "faster_coco_eval") -> dict:
-    """Predict the val set, write the COCO results file, and evaluate that very file."""
-    coco = load_coco(annotations_path)
+                     predictions_path: str | Path, batch_size: int, evaluator: str = "faster_coco_eval",
+                     dataset_check: dict | None = None) -> dict:
+    """Predict the val set, write the COCO results file, and evaluate that very file.
+
+    With a ``dataset_check`` report, the images and annotations it excludes are left out of both.
+    """
+    coco = usable_coco(annotations_path, dataset_check)
     unknown = sorted(set(category_ids) - {category["id"] for category in coco["categories"]})
     if unknown:
         raise ValueError(f"the model predicts category ids {unknown} that {annotations_path} does not define")
     with torch.inference_mode():
         results = predict_dataset(model, coco, images_dir, category_ids, batch_size)
     write_json(predictions_path, results)
-    metrics = coco_metrics(annotations_path, predictions_path, evaluator)
+    metrics = coco_metrics(coco if dataset_check else annotations_path, predictions_path, evaluator)
     metrics["num_images"] = len(coco["images"])
     return metrics

@@ -31,6 +31,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
     try:
         yield tmp_path
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
     except OSError as error:
         tmp_path.unlink(missing_ok=True)
@@ -38,6 +39,12 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush a finished file to disk before it is renamed, so a crash cannot leave its new name on empty data."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 @contextlib.contextmanager

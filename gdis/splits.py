@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gdis.coco import load_coco
+from gdis.check_dataset import skip_record, usable_coco
 from gdis.io import sha256_file, write_json
 from gdis.protocols import PROTOCOLS, list_path, read_image_list, split_name, stac_labeled_indices
 
@@ -75,13 +75,15 @@ def write_split(
     protocol: str = "gdis",
     list_file: str | None = None,
     extra_unlabeled: list[dict] | None = None,
+    dataset_check: dict | None = None,
 ) -> dict:
     """Write ``labeled.json``, ``unlabeled.json`` and ``manifest.json`` into ``out_dir``; return the manifest.
 
-    ``extra_unlabeled`` images (e.g. COCO unlabeled2017) are appended to the unlabelled set.
+    ``extra_unlabeled`` images (e.g. COCO unlabeled2017) are appended to the unlabelled set. With a
+    ``dataset_check`` report, the images and annotations it excludes are left out before drawing.
     """
     out_dir = Path(out_dir)
-    coco = load_coco(annotations_path)
+    coco = usable_coco(annotations_path, dataset_check)
     image_ids = [image["id"] for image in coco["images"]]
     chosen = choose_labeled(coco["images"], protocol, label_percent, fold, seed, list_file)
     labeled, unlabeled_coco = split_coco(coco, set(chosen), unlabeled)
@@ -106,6 +108,7 @@ def write_split(
         "num_unlabeled": len(unlabeled_coco["images"]),
         "num_extra_unlabeled": len(extra_unlabeled or []),
         "labeled_image_ids": chosen,
+        "dataset_check": skip_record(dataset_check) if dataset_check else None,
     }
     write_json(out_dir / "labeled.json", labeled)
     write_json(out_dir / "unlabeled.json", unlabeled_coco)

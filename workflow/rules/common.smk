@@ -80,6 +80,7 @@ SUPERVISED_RUN_DIR = f"results/models/{DATASET}/{NETWORK}/supervised/{{percent}}
 EVAL_DIR = f"results/eval/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
 LOG_DIR = f"results/logs/{DATASET}"
 FIGURE_DIR = f"results/figures/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
+CHECK_DIR = f"results/checks/{DATASET}"
 
 
 def runs():
@@ -132,6 +133,7 @@ def train_inputs(wildcards):
         "labeled": f"{SPLIT_DIR}/labeled.json".format(**wildcards),
         "unlabeled": f"{SPLIT_DIR}/unlabeled.json".format(**wildcards),
         "images": DATA["train_images"],
+        "val_check": f"{CHECK_DIR}/val.json",  # a broken val set stops the run before training, not after
     }
     supervised_run = SUPERVISED_RUN_DIR.format(percent=wildcards.percent, fold=wildcards.fold)
     if wildcards.get("method") in DISTILLATION_METHODS:  # hidden annotations: pseudo-label quality

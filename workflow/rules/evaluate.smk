@@ -7,6 +7,7 @@ rule evaluate:
         record=f"{RUN_DIR}/run.json",
         annotations=DATA["val_annotations"],
         images=DATA["val_images"],
+        check=f"{CHECK_DIR}/val.json",
     output:
         predictions=f"{EVAL_DIR}/{{model}}_predictions.json",
         metrics=metrics(f"{EVAL_DIR}/{{model}}.json"),
@@ -22,4 +23,4 @@ rule evaluate:
         **resources_of("evaluate"),
     shell:
         "gdis evaluate --config {params.config} --checkpoint {input.checkpoint} --model {wildcards.model} "
-        "--predictions {output.predictions} --metrics {output.metrics} 2> {log}"
+        "--predictions {output.predictions} --metrics {output.metrics} --dataset-check {input.check} 2> {log}"

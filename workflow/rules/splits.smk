@@ -6,6 +6,7 @@ rule split:
         annotations=DATA["train_annotations"],
         extra_unlabeled=EXTRA_UNLABELED.get("image_info", []),
         label_list=split_list_file,
+        check=f"{CHECK_DIR}/train.json",
     output:
         labeled=f"{SPLIT_DIR}/labeled.json",
         unlabeled=f"{SPLIT_DIR}/unlabeled.json",
@@ -22,4 +23,4 @@ rule split:
         **resources_of("light"),
     shell:
         "gdis split --config {params.config} --label-percent {wildcards.percent} --fold {wildcards.fold} "
-        "--out-dir {params.out_dir} 2> {log}"
+        "--dataset-check {input.check} --out-dir {params.out_dir} 2> {log}"
