@@ -208,10 +208,10 @@ def image_file_findings(path: Path, info: dict) -> list[dict]:
     try:
         with Image.open(path) as handle:
             mode, size = handle.mode, handle.size
-            orientation = handle.getexif().get(EXIF_ORIENTATION)
-            has_transparency = "transparency" in handle.info
             try:
                 handle.load()
+                orientation = handle.getexif().get(EXIF_ORIENTATION)  # PNG may keep EXIF after the pixel data
+                has_transparency = "transparency" in handle.info
             except (OSError, SyntaxError, ValueError) as error:
                 return [_finding("corrupt_image", f"image {image_id}: {path} is truncated or corrupt: {error}", image_id,
                                  file=file)]
@@ -331,7 +331,7 @@ def check_dataset(annotations_path: str | Path, images_dir: str | Path, policy: 
         raise ValueError(f"dataset.on_bad_input must be one of {POLICIES}, got {policy!r}")
     try:
         coco = read_json(annotations_path, "annotation file")
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         raise DatasetError(str(error)) from None
     category_ids = check_categories(coco, annotations_path)
     image_findings, usable_images, bad_images = _image_findings(coco, Path(images_dir))

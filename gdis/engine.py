@@ -268,7 +268,7 @@ class Trainer:
     def _skip_update(self, step: int, terms: dict[str, torch.Tensor]) -> dict:
         """Drop this step's update (train.on_nonfinite: skip); the schedule advances so later steps keep their place."""
         self.nonfinite_skips += 1
-        bad = {name: float(value) for name, value in terms.items() if not torch.isfinite(value)}
+        bad = {name: value.item() for name, value in terms.items() if not torch.isfinite(value)}
         log.warning("step %d: non-finite loss term(s) %s; update skipped (%d so far)", step, bad, self.nonfinite_skips)
         self.scheduler.step()
         return {"nonfinite_skips": self.nonfinite_skips, "lr": self.optimizer.param_groups[0]["lr"]}

@@ -17,8 +17,8 @@ def _run(capsys, *argv) -> tuple[int, str]:
 def test_every_subcommand_has_help():
     parser = build_parser()
     subcommands = parser._subparsers._group_actions[0].choices
-    assert set(subcommands) == {"check-config", "synthesize", "prepare-dataset", "split", "train", "evaluate", "table",
-                                "plot", "curves", "gallery", "visualize", "dvc"}
+    assert set(subcommands) == {"check-config", "check-dataset", "synthesize", "prepare-dataset", "split", "train",
+                                "evaluate", "table", "plot", "curves", "gallery", "visualize", "dvc"}
     for name, sub in subcommands.items():
         assert sub.format_help().startswith(f"usage: gdis {name}")
 
