@@ -186,6 +186,7 @@ NOTE_CASES = [
     ("RGBA image", "alpha_channel", lambda root, coco: _rewrite(_image_file(root, coco), "RGBA")),
     ("16-bit image", "sixteen_bit_image", lambda root, coco: _sixteen_bit(_image_file(root, coco))),
     ("EXIF-rotated image", "exif_rotated", lambda root, coco: _exif_rotated(_image_file(root, coco))),
+    ("CMYK image", "other_color_mode", lambda root, coco: _rewrite(_image_file(root, coco), "CMYK", format="JPEG")),
 ]
 
 
@@ -300,6 +301,21 @@ def test_every_problem_is_listed_at_once(dataset):
     assert f"annotation {coco['annotations'][0]['id']} " in message and "category id 77" in message
 
 
+def test_fail_policy_through_the_cli_writes_no_report(dataset, tmp_path, capsys):
+    from gdis.cli import main
+
+    root, coco = dataset
+    _image_file(root, coco, 1).write_bytes(b"GIF89a")
+    report = tmp_path / "check.json"
+    code = main(["check-dataset", "--annotations", str(root / "annotations" / "train.json"), "--images",
+                 str(root / "train"), "--report", str(report)])
+    err = capsys.readouterr().err
+    assert code == 1 and f"gdis check-dataset: error: " in err
+    assert f"image {coco['images'][1]['id']}: " in err and str(_image_file(root, coco, 1)) in err
+    assert not report.exists()
+    TALLY["bad dataset input"] += 1
+
+
 def test_skip_policy_through_the_cli_is_recorded_in_run_json(dataset, micro_config_file, tmp_path, caplog, capsys):
     """check-dataset (skip) -> split -> train: the unusable items are left out, counted in manifest and run.json."""
     from gdis.cli import main
@@ -340,7 +356,7 @@ def test_skip_policy_through_the_cli_is_recorded_in_run_json(dataset, micro_conf
 def test_the_table_of_cases_is_big_enough():
     kinds = {kind for _, kind, _ in IMAGE_CASES + ANNOTATION_CASES + NOTE_CASES}
     assert len(IMAGE_CASES + ANNOTATION_CASES + NOTE_CASES + FATAL_CASES) >= MINIMUM["bad dataset input"]
-    assert kinds == set(IMAGE_ERRORS) | set(ANNOTATION_ERRORS) | set(NOTES) - {"other_color_mode"}
+    assert kinds == set(IMAGE_ERRORS) | set(ANNOTATION_ERRORS) | set(NOTES)
 
 
 # -- bad config ---------------------------------------------------------------------------------
@@ -632,3 +648,39 @@ def test_permission_denied_names_the_file(shared_directory):
     assert json.loads(path.read_text()) == {"ok": 1}
     assert [p.name for p in results.iterdir()] == ["metrics.json"]
     TALLY["permission denied"] += 1
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_pipeline_checks_the_dataset_before_any_split(workflow_copy, micro_dataset):
+    """Snakemake: a missing image stops the run at check_dataset (fail); with skip, the split leaves it out."""
+    dataset = workflow_copy / "mine"
+    shutil.copytree(micro_dataset, dataset)
+    coco = json.loads((dataset / "annotations" / "train.json").read_text())
+    missing = coco["images"][3]
+    (dataset / "train" / missing["file_name"]).unlink()
+    paths = {"train_images": "mine/train", "train_annotations": "mine/annotations/train.json",
+             "val_images": "mine/val", "val_annotations": "mine/annotations/val.json"}
+    (workflow_copy / "mine.yaml").write_text(yaml.safe_dump({"dataset": {"name": "micro", "source": "coco", **paths}}))
+    target = "results/splits/micro/25pct/fold1/manifest.json"
+
+    def snakemake(*configs):
+        args = [arg for config in configs for arg in ("--configfile", config)]
+        return subprocess.run(["snakemake", "--cores", "1", *args, target], cwd=workflow_copy, capture_output=True,
+                              text=True, timeout=600)
+
+    failed = snakemake("config/micro.yaml", "mine.yaml")
+    assert failed.returncode != 0
+    log = (workflow_copy / "results" / "logs" / "micro" / "check_dataset" / "train.log").read_text()
+    assert f"image {missing['id']}: file not found: mine/train/{missing['file_name']}" in log
+    assert not (workflow_copy / "results" / "splits").exists()
+    assert not (workflow_copy / "results" / "checks" / "micro" / "train.json").exists()
+
+    (workflow_copy / "skip.yaml").write_text("dataset:\n  on_bad_input: skip\n")
+    skipped = snakemake("config/micro.yaml", "mine.yaml", "skip.yaml")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    manifest = json.loads((workflow_copy / target).read_text())
+    assert manifest["num_images"] == len(coco["images"]) - 1
+    assert manifest["dataset_check"]["skipped_images"] == 1
+    TALLY["pipeline runs with a broken dataset"] += 2
