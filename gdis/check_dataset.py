@@ -11,9 +11,8 @@ the report holds the file's SHA-256 so it is never applied to another version of
 
 from __future__ import annotations
 
-import logging
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from pycocotools import mask as mask_utils
 from gdis.coco import DatasetError, check_coco, load_coco
 from gdis.io import read_json, sha256_file
 
-log = logging.getLogger(__name__)
 
 POLICIES = ("fail", "skip")
 REPORT_FORMAT = "gdis-dataset-check-1"
@@ -396,9 +394,7 @@ def usable_coco(annotations_path: str | Path, report: dict | None) -> dict:
 
 def skip_record(report: dict) -> dict:
     """What a run records of the check of its data: the policy and how much was left out."""
-    by_kind: dict[str, int] = defaultdict(int)
-    for finding in report["errors"]:
-        by_kind[finding["kind"]] += 1
+    by_kind = Counter(finding["kind"] for finding in report["errors"])
     return {"policy": report["policy"], "annotations": report["annotations"],
             "skipped_images": report["skipped_images"], "skipped_annotations": report["skipped_annotations"],
             "errors_by_kind": dict(sorted(by_kind.items()))}

@@ -131,7 +131,6 @@ def cmd_split(args) -> None:
 def cmd_train(args) -> None:
     from gdis.config import dataset_paths, load_config
     from gdis.engine import Trainer
-
     from gdis.io import read_json
 
     config = load_config(args.config)
