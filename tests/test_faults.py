@@ -48,13 +48,9 @@ MINIMUM = {"bad dataset input": 25, "bad config": 10}
 def tally(request):
     """Print what the suite tried once the module is done."""
     yield
-    lines = ["fault-injection tally:"] + [f"  {kind}: {count}" for kind, count in sorted(TALLY.items())]
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("")
-        for line in lines:
-            reporter.write_line(line)
-    else:
+    lines = ["", "fault-injection tally:"] + [f"  {kind}: {count}" for kind, count in sorted(TALLY.items())]
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # shown even without -s
         print("\n".join(lines), file=sys.stderr)
 
 
