@@ -662,8 +662,8 @@ def test_pipeline_checks_the_dataset_before_any_split(workflow_copy, micro_datas
     target = "results/splits/micro/25pct/fold1/manifest.json"
 
     def snakemake(*configs):
-        args = [arg for config in configs for arg in ("--configfile", config)]
-        return subprocess.run(["snakemake", "--cores", "1", *args, target], cwd=workflow_copy, capture_output=True,
+        return subprocess.run(["snakemake", target, "--cores", "1", "--configfile", *configs], cwd=workflow_copy,
+                              capture_output=True,
                               text=True, timeout=600)
 
     failed = snakemake("config/micro.yaml", "mine.yaml")
