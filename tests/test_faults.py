@@ -663,8 +663,7 @@ def test_pipeline_checks_the_dataset_before_any_split(workflow_copy, micro_datas
 
     def snakemake(*configs):
         return subprocess.run(["snakemake", target, "--cores", "1", "--configfile", *configs], cwd=workflow_copy,
-                              capture_output=True,
-                              text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600)
 
     failed = snakemake("config/micro.yaml", "mine.yaml")
     assert failed.returncode != 0
