@@ -206,7 +206,7 @@ def _read_everything(coco: dict, images_dir: Path) -> int:
 
 @pytest.mark.parametrize("name, kind, breaker", IMAGE_CASES + ANNOTATION_CASES, ids=[c[0] for c in IMAGE_CASES + ANNOTATION_CASES])
 def test_bad_dataset_input(dataset, name, kind, breaker):
-    """Fail: one error naming the item. Skip: the item (and nothing else usable) left out, the rest reads."""
+    """Fail: an error listing the item. Skip: the item (and nothing else usable) left out, the rest reads."""
     root, original = _break(dataset, breaker)
     annotations, images = root / "annotations" / "train.json", root / "train"
     with pytest.raises(DatasetError) as failed:
@@ -629,17 +629,21 @@ def shared_directory():
     directory = Path(tempfile.mkdtemp(prefix="gdis-faults-"))
     os.chmod(directory, 0o755)
     yield directory
+    for sub in directory.rglob("*"):
+        if sub.is_dir():
+            os.chmod(sub, 0o755)
     shutil.rmtree(directory)
 
 
 def test_permission_denied_names_the_file(shared_directory):
     results = shared_directory / "results"
-    results.mkdir(mode=0o755)  # writable by its owner (root) only
+    results.mkdir()
     path = results / "metrics.json"
     write_json(path, {"ok": 1})
-    nobody = 65534
+    os.chmod(results, 0o555)  # root ignores this, so as root the write runs as user nobody
+    user = 65534 if os.geteuid() == 0 else None
     for target in (path, results / "new" / "metrics.json"):
-        error = _in_child(lambda: write_json(target, {"ok": 2}), user=nobody)
+        error = _in_child(lambda: write_json(target, {"ok": 2}), user=user)
         assert error.startswith(f"OutputError: could not write {target}: Permission denied"), error
     assert json.loads(path.read_text()) == {"ok": 1}
     assert [p.name for p in results.iterdir()] == ["metrics.json"]
