@@ -46,6 +46,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 def _fsync(path: Path) -> None:
     """Flush a finished file to disk before it is renamed, so a crash cannot leave its new name on empty data."""
+    if path.is_symlink() or not path.is_file():  # a link (e.g. to a dataset folder) has no data of its own
+        return
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
 

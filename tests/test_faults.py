@@ -15,6 +15,7 @@ import pathlib
 import pickle
 import random
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -578,8 +579,12 @@ def _in_child(function, file_size_limit: int | None = None, user: int | None = N
             os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as pipe:
-        text = pipe.read()
+        ready, _, _ = select.select([pipe], [], [], 120)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        text = pipe.read() if ready else ""
     os.waitpid(pid, 0)
+    assert ready, "the child process hung"
     return text
 
 
@@ -596,11 +601,13 @@ def small_disk(tmp_path):
         yield mount, 1 << 20
 
 
+LARGE_WEIGHTS = torch.ones(400_000)  # made here: a forked child must not start torch's thread pool
+
 FULL_DISK_CASES = [
     ("metrics JSON", "metrics.json", lambda path: write_json(path, {"mask_AP": 1.0}),
      lambda path: write_json(path, list(range(300_000))), lambda path: json.loads(path.read_text()) == {"mask_AP": 1.0}),
     ("checkpoint", "last.pt", lambda path: save_checkpoint(path, step=1, weights=torch.ones(10)),
-     lambda path: save_checkpoint(path, step=2, weights=torch.ones(400_000)), lambda path: load_checkpoint(path)["step"] == 1),
+     lambda path: save_checkpoint(path, step=2, weights=LARGE_WEIGHTS), lambda path: load_checkpoint(path)["step"] == 1),
     ("table", "table.md", lambda path: write_text(path, "| a |\n"),
      lambda path: write_text(path, "x" * 2_000_000), lambda path: path.read_text() == "| a |\n"),
 ]
