@@ -10,7 +10,7 @@ rule check_dataset:
         report=f"{CHECK_DIR}/{{subset}}.json",
     params:
         config=CONFIG_ARGS,
-        on_bad_input=config["dataset"]["on_bad_input"],
+        config_params=config_params("dataset"),
     log:
         f"{LOG_DIR}/check_dataset/{{subset}}.log",
     wildcard_constraints:
