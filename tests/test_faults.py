@@ -376,7 +376,7 @@ CONFIG_CASES = [
     ("percentage above 100", _with("splits.label_percents", [150]), ["splits.label_percents.0", "150", "(0, 100]"]),
     ("repeated percentage", _with("splits.label_percents", [5, 5]), ["splits.label_percents", "twice"]),
     ("unknown method", _with("methods", ["supervised", "mean_teacher"]), ["methods.1", "'mean_teacher'", "guided_distillation"]),
-    ("unknown architecture", _with("model.arch", "mask2former"), ["model.arch", "'mask2former'", "mask_rcnn"]),
+    ("unknown architecture", _with("model.arch", "detr"), ["model.arch", "'detr'", "mask_rcnn"]),
     ("unknown backbone", _with("model.backbone", "vit"), ["model.backbone", "'vit'", "resnet50_fpn"]),
     ("guided without supervised", _with("methods", ["guided_distillation"]), ["methods", "needs 'supervised'"]),
     ("warm-up beyond iterations", _with("train.warmup_iterations", 50), ["train.warmup_iterations: 50", "never reach"]),
