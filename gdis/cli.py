@@ -129,25 +129,32 @@ def cmd_split(args) -> None:
 
 
 def cmd_train(args) -> None:
+    import torch
+
+    from gdis import distributed
     from gdis.config import dataset_paths, load_config
     from gdis.engine import Trainer
     from gdis.io import read_json
 
     config = load_config(args.config)
-    _threads(config, "train")
+    torch.set_num_threads(distributed.threads_per_process(config["train"]["threads"]))
     split_dir = Path(args.split_dir)
     dataset_check = read_json(split_dir / "manifest.json", "split manifest").get("dataset_check")
     if dataset_check and (dataset_check["skipped_images"] or dataset_check["skipped_annotations"]):
         log.warning("training without %d unusable image(s) and %d annotation(s) of %s (dataset.on_bad_input: skip)",
                     dataset_check["skipped_images"], dataset_check["skipped_annotations"], dataset_check["annotations"])
-    Trainer(
-        config, args.method, split_dir / "labeled.json", split_dir / "unlabeled.json",
-        dataset_paths(config)["train_images"], args.out_dir, teacher_checkpoint=args.teacher,
-        burn_in_checkpoint=args.burn_in_checkpoint,
-        run_info={"label_percent": args.label_percent, "fold": args.fold, "split_dir": str(split_dir),
-                  "dataset_check": dataset_check},
-        hidden_annotations=dataset_paths(config)["train_annotations"],
-    ).run()
+    world = distributed.init_world()  # several processes when started by torchrun
+    try:
+        Trainer(
+            config, args.method, split_dir / "labeled.json", split_dir / "unlabeled.json",
+            dataset_paths(config)["train_images"], args.out_dir, teacher_checkpoint=args.teacher,
+            burn_in_checkpoint=args.burn_in_checkpoint,
+            run_info={"label_percent": args.label_percent, "fold": args.fold, "split_dir": str(split_dir),
+                      "dataset_check": dataset_check},
+            hidden_annotations=dataset_paths(config)["train_annotations"], world=world,
+        ).run()
+    finally:
+        distributed.close_world(world)
 
 
 def cmd_evaluate(args) -> None:
@@ -305,7 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--dataset-check", help="report of 'gdis check-dataset' on the training set: leaves out what it excludes")
     sub.set_defaults(func=cmd_split)
 
-    sub = commands.add_parser("train", help="train one network: supervised, standard_burnin or guided_distillation")
+    sub = commands.add_parser(
+        "train", help="train one network: supervised, standard_burnin or guided_distillation",
+        description="Train one network. Started by torchrun (one process per GPU), the processes share each "
+                    "global batch. SIGTERM or SIGUSR1 saves a checkpoint and stops (under Slurm: requeues the job); "
+                    "rerunning the same command resumes.")
     _add_config(sub)
     sub.add_argument("--method", required=True, choices=["supervised", "standard_burnin", "guided_distillation"])
     sub.add_argument("--label-percent", type=_percent, required=True)

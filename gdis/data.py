@@ -96,13 +96,17 @@ class StepBatchSampler(Sampler):
 
     The stream walks through seeded permutations of the dataset, epoch after epoch, so a
     resumed run sees exactly the batches the uninterrupted run would have seen.
+    ``batch_size`` is the global batch; process ``rank`` of ``world_size`` takes its items
+    ``rank, rank + world_size, ...``, so the processes together see the single-process batch.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, num_steps: int) -> None:
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, num_steps: int,
+                 rank: int = 0, world_size: int = 1) -> None:
         if num_items < 1:
             raise DatasetError("cannot sample from an empty image set")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.start_step, self.num_steps = start_step, num_steps
+        self.rank, self.world_size = rank, world_size
         self._cached_epoch, self._cached_permutation = -1, np.empty(0, dtype=np.int64)
 
     def _permutation(self, epoch: int) -> np.ndarray:
@@ -112,7 +116,7 @@ class StepBatchSampler(Sampler):
         return self._cached_permutation
 
     def batch(self, step: int) -> list[int]:
-        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
+        positions = range(step * self.batch_size + self.rank, (step + 1) * self.batch_size, self.world_size)
         return [int(self._permutation(p // self.num_items)[p % self.num_items]) for p in positions]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -128,8 +132,9 @@ def collate(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
     return list(images), list(targets)
 
 
-def step_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int, num_steps: int, workers: int) -> DataLoader:
-    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, num_steps)
+def step_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int, num_steps: int, workers: int,
+                rank: int = 0, world_size: int = 1) -> DataLoader:
+    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, num_steps, rank, world_size)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
 
 

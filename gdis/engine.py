@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from gdis import distill, pseudo_quality
+from gdis import distill, distributed, pseudo_quality
 from gdis.coco import category_ids, load_coco
 from gdis.data import CocoInstances, labeled_view, photometric_augmentation, step_loader, unlabeled_views
 from gdis.io import atomic_path, write_json, write_text
@@ -92,10 +93,11 @@ def load_network(path: str | Path, which: str, model_config: dict):
     return model, state
 
 
-def _finite_or_fail(step: int, terms: dict[str, torch.Tensor]) -> None:
+def _finite_or_fail(step: int, terms: dict[str, torch.Tensor], world: distributed.World) -> None:
     bad = {name: float(value) for name, value in terms.items() if not torch.isfinite(value)}
-    if bad:
-        raise TrainingError(f"step {step}: non-finite loss term(s) {bad}; the last good checkpoint is kept")
+    if distributed.any_rank(bool(bad), world):  # every process stops, none waits forever for the others
+        raise TrainingError(f"step {step}: non-finite loss term(s) {bad or 'on another process'}; "
+                            "the last good checkpoint is kept")
 
 
 class Trainer:
@@ -104,12 +106,17 @@ class Trainer:
     A supervised run also writes ``burn_in.pt`` when ``burn_in`` is below the iteration count.
 
     Work in progress lives in ``out_dir/work``: a rerun of a killed job resumes from its last checkpoint.
+    With several processes (``world``, see ``gdis.distributed``) each trains on its share of every
+    batch and only rank 0 writes files.
     """
 
     def __init__(self, config: dict, method: str, labeled_json: str, unlabeled_json: str, images_dir: str,
                  out_dir: str, teacher_checkpoint: str | None = None, burn_in_checkpoint: str | None = None,
-                 run_info: dict | None = None, hidden_annotations: str | None = None) -> None:
+                 run_info: dict | None = None, hidden_annotations: str | None = None,
+                 world: distributed.World | None = None) -> None:
         self.config, self.method, self.train = config, method, config["train"]
+        self.world = world or distributed.World()
+        distributed.check_batch_sizes(self.train, self.world, with_unlabeled=method != distill.SUPERVISED)
         self.out_dir = Path(out_dir)
         self.work_dir = self.out_dir / "work"
         self.run_info = run_info or {}
@@ -129,7 +136,8 @@ class Trainer:
         for dataset in (d for d in (self.labeled, self.unlabeled) if d is not None):
             dataset.check_files()
         torch.manual_seed(self.train["seed"])
-        self.student = build_model(config["model"], len(self.category_ids))
+        self.student = build_model(config["model"], len(self.category_ids)).to(self.world.device)
+        distributed.seed_augmentation(self.train["seed"], self.world)
         self.teacher = None
         if method != distill.SUPERVISED:
             self.teacher = copy.deepcopy(self.student).requires_grad_(False)
@@ -159,7 +167,7 @@ class Trainer:
             "ema_teacher": self.teacher.state_dict() if distilling else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng_state": torch.get_rng_state(),
+            "rng_states": distributed.gather_rng_states(self.world),  # one per process, in rank order
             "log_records": json.dumps(self.log_records),
             "nonfinite_skips": self.nonfinite_skips,
             "train_config": json.dumps(self.train, sort_keys=True),
@@ -176,7 +184,7 @@ class Trainer:
             return None
         self._restore(state)
         log.info("resuming from %s at step %d", path, self.step)
-        return state["rng_state"]
+        return self._own_rng_state(state, path)
 
     def _continue_supervised_run(self) -> torch.Tensor:
         """standard_burnin's first ``burn_in`` steps are a supervised run's: start from its checkpoint at that step."""
@@ -188,7 +196,7 @@ class Trainer:
                              f"config and categories (it has method {state['method']}, step {state['step']})")
         self._restore(state)
         log.info("continuing the supervised run of %s from step %d", path, self.step)
-        return state["rng_state"]
+        return self._own_rng_state(state, path)
 
     def _restore(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
@@ -199,6 +207,14 @@ class Trainer:
         self.log_records = json.loads(state["log_records"])
         self.nonfinite_skips = state.get("nonfinite_skips", 0)
         self.step = state["step"]
+
+    def _own_rng_state(self, state: dict, path) -> torch.Tensor | None:
+        """This process's RNG state in a checkpoint; None when another number of processes wrote it."""
+        if len(state["rng_states"]) != self.world.size:
+            log.warning("%s was written by %d process(es), not %d: augmentation restarts from fresh RNG states",
+                        path, len(state["rng_states"]), self.world.size)
+            return None
+        return state["rng_states"][self.world.rank]
 
     def _load_pretrained_teacher(self) -> None:
         state = load_checkpoint(self.teacher_checkpoint)
@@ -230,11 +246,12 @@ class Trainer:
         step, train = self.step, self.train
         if distill.copies_student(self.method, step, train["burn_in"]):
             distill.ema_update(self.teacher, self.student, decay=0.0)
-        images, targets = labeled_view(*labeled_batch, train["augment"])
+        images, targets = distributed.to_device(*labeled_view(*labeled_batch, train["augment"]), self.world.device)
         groups = [(images, targets)]
         phase = distill.teacher_phase(self.method, step, train["burn_in"])
         if phase is not None:
             unlabeled_images, infos = unlabeled_batch
+            unlabeled_images, _ = distributed.to_device(unlabeled_images, [], self.world.device)
             strong, pseudo, per_image, quality = self._pseudo_label(unlabeled_images,
                                                                     [info["image_id"] for info in infos])
             groups.append((strong, pseudo))
@@ -250,11 +267,13 @@ class Trainer:
             loss_unsupervised = sum(unsupervised.values())
             loss = loss + train["unlabeled_weight"] * loss_unsupervised
             record.update(loss_unsupervised=loss_unsupervised.item(), pseudo_labels_per_image=per_image, **quality)
-        if train["on_nonfinite"] == "skip" and not all(torch.isfinite(value) for value in terms.values()):
+        nonfinite = not all(torch.isfinite(value) for value in terms.values())
+        if train["on_nonfinite"] == "skip" and distributed.any_rank(nonfinite, self.world):
             return self._skip_update(step, terms)
-        _finite_or_fail(step, terms)
+        _finite_or_fail(step, terms, self.world)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.student, self.world)
         if train["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), train["grad_clip"])
         self.optimizer.step()
@@ -281,22 +300,32 @@ class Trainer:
     def run(self) -> None:
         train = self.train
         rng_state = self._resume()
-        if rng_state is None and self.burn_in_checkpoint:
+        if self.step == 0 and self.burn_in_checkpoint:  # not resumed: start from the supervised run
             rng_state = self._continue_supervised_run()
         if self.method == distill.GUIDED and self.step <= train["burn_in"]:
             self._load_pretrained_teacher()
         remaining = train["iterations"] - self.step
+        shard = {"rank": self.world.rank, "world_size": self.world.size}
         labeled = iter(step_loader(self.labeled, train["batch_size"], train["seed"], self.step, remaining,
-                                   train["num_workers"]))
+                                   train["num_workers"], **shard))
         unlabeled = iter(())
         if self.unlabeled is not None:
             unlabeled = iter(step_loader(self.unlabeled, train["unlabeled_batch_size"], train["seed"] + 1,
-                                         self.step, remaining, train["num_workers"]))
+                                         self.step, remaining, train["num_workers"], **shard))
         if rng_state is not None:  # creating the iterators draws from the RNG, in a fresh run too
             torch.set_rng_state(rng_state)
         progress = tqdm(total=train["iterations"], initial=self.step, desc=f"train {self.method}", unit="step",
-                        file=sys.stderr, mininterval=2.0 if sys.stderr.isatty() else 20.0, dynamic_ncols=True)
+                        file=sys.stderr, mininterval=2.0 if sys.stderr.isatty() else 20.0, dynamic_ncols=True,
+                        disable=not self.world.is_main)
         started = time.perf_counter()
+        with distributed.preemption_signals() as preemption:
+            log.info("training steps %d to %d on %d process(es)", self.step + 1, train["iterations"], self.world.size)
+            self._loop(labeled, unlabeled, progress, preemption)
+        progress.close()
+        self._finish(time.perf_counter() - started)
+
+    def _loop(self, labeled, unlabeled, progress, preemption: dict) -> None:
+        train = self.train
         window_start, window_steps = time.perf_counter(), 0
         for labeled_batch in labeled:
             unlabeled_batch = next(unlabeled, None)
@@ -312,15 +341,31 @@ class Trainer:
                 self.log_records.append(record)
                 progress.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", refresh=False)
             if self.step % train["checkpoint_period"] == 0 and self.step < train["iterations"]:
-                save_checkpoint(self.work_dir / "last.pt", **self._state())
+                self._save(self.work_dir / "last.pt")
             if self.method == distill.SUPERVISED and self.step == train["burn_in"]:
-                save_checkpoint(self.work_dir / BURN_IN_CHECKPOINT, **self._state())
-        progress.close()
-        self._finish(time.perf_counter() - started)
+                self._save(self.work_dir / BURN_IN_CHECKPOINT)
+            if self.step < train["iterations"] and distributed.any_rank(preemption["signal"] is not None, self.world):
+                self._stop_for_preemption(preemption["signal"])
+
+    def _save(self, path: Path) -> None:
+        state = self._state()  # every process takes part (RNG states are gathered)
+        if self.world.is_main:
+            save_checkpoint(path, **state)
+
+    def _stop_for_preemption(self, signum: int | None) -> None:
+        """Checkpoint now and requeue the Slurm job, if any; the rerun resumes from this step."""
+        self._save(self.work_dir / "last.pt")
+        requeued = distributed.requeue_slurm_job() if self.world.is_main else None
+        name = signal.Signals(signum).name if signum else "a signal to another process"
+        then = f"Slurm job {requeued} requeued" if requeued else "rerun the same command to resume"
+        raise distributed.Preempted(f"stopped by {name} after step {self.step} of {self.train['iterations']}; "
+                                    f"checkpoint saved to {self.work_dir / 'last.pt'}; {then}")
 
     def _finish(self, seconds: float) -> None:
         state = self._state()
-        for key in ("optimizer", "scheduler", "rng_state", "log_records"):
+        if not self.world.is_main:
+            return
+        for key in ("optimizer", "scheduler", "rng_states", "log_records"):
             state.pop(key)
         save_checkpoint(self.out_dir / "model_final.pt", **state)
         write_text(self.out_dir / "train_log.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.log_records))

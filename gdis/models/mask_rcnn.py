@@ -192,7 +192,7 @@ def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshol
     labels = prediction["labels"][keep]
     large = binary.flatten(1).sum(1) >= max(min_area, 1)
     binary, labels = binary[large], labels[large]
-    boxes = masks_to_boxes(binary) if len(binary) else torch.zeros((0, 4))
+    boxes = masks_to_boxes(binary) if len(binary) else torch.zeros((0, 4), device=binary.device)
     boxes[:, 2:] += 1  # pixel indices -> pixel edges, so a one-pixel mask has a positive size
     return {"boxes": boxes, "labels": labels, "masks": binary.to(torch.uint8)}
 

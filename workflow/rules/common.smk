@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.io import flag
 
 from gdis.config import ConfigError, dataset_paths, dataset_plans, extra_unlabeled_paths, format_percent, load_config, validate_config
+from gdis.distributed import launcher, scheduler_resources
 from gdis.protocols import list_path
 
 DEFAULT_CONFIG = "config/config.yaml"
@@ -213,4 +214,9 @@ def plot(path, **properties):
 
 
 def resources_of(kind):
-    return config["resources"][kind]
+    return scheduler_resources(config["resources"][kind])
+
+
+# One training process per GPU given to the job (torchrun; srun across nodes), or a plain process.
+# The train rules `exec` it, so a scheduler's signal reaches training itself, not a shell in between.
+TRAIN_LAUNCHER = launcher(config["resources"]["train"]["nodes"], config["resources"]["train"]["gpus"])

@@ -14,6 +14,7 @@ rule train_supervised:
         config_params=config_params("model", "train"),
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         split_dir=lambda wildcards, input: os.path.dirname(input.labeled),
+        launcher=TRAIN_LAUNCHER,
     log:
         f"{LOG_DIR}/train/{NETWORK}/supervised_{{percent}}pct_fold{{fold}}.log",
     priority: training_priority
@@ -23,7 +24,7 @@ rule train_supervised:
     resources:
         **resources_of("train"),
     shell:
-        "gdis train --config {params.config} --method supervised --label-percent {wildcards.percent} "
+        "exec {params.launcher} gdis train --config {params.config} --method supervised --label-percent {wildcards.percent} "
         "--fold {wildcards.fold} --split-dir {params.split_dir} --out-dir {params.out_dir} 2> {log}"
 
 
@@ -40,6 +41,7 @@ rule train_distillation:
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         split_dir=lambda wildcards, input: os.path.dirname(input.labeled),
         start=start_options,
+        launcher=TRAIN_LAUNCHER,
     log:
         f"{LOG_DIR}/train/{NETWORK}/{{method}}_{{percent}}pct_fold{{fold}}.log",
     wildcard_constraints:
@@ -51,5 +53,5 @@ rule train_distillation:
     resources:
         **resources_of("train"),
     shell:
-        "gdis train --config {params.config} --method {wildcards.method} --label-percent {wildcards.percent} "
+        "exec {params.launcher} gdis train --config {params.config} --method {wildcards.method} --label-percent {wildcards.percent} "
         "--fold {wildcards.fold} --split-dir {params.split_dir} {params.start} --out-dir {params.out_dir} 2> {log}"

@@ -1,0 +1,200 @@
+"""Training on several processes with torch.distributed, and stopping cleanly when the scheduler says so.
+
+``torchrun`` starts one process per GPU (or several CPU processes, which use gloo) and sets
+``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; ``init_world`` joins them. ``train.batch_size`` and
+``train.unlabeled_batch_size`` are global: at every step process r of W trains on items
+r, r + W, ... of the step's batch (``gdis.data.StepBatchSampler``), gradients are averaged over
+the processes, so W processes take the same optimiser steps as one process with the whole batch,
+and every process holds the same student and EMA teacher. Only rank 0 writes files.
+
+Under Slurm, a job about to be preempted or to reach its time limit gets SIGTERM (or the signal
+chosen with ``sbatch --signal``); training then saves its checkpoint after the current step and
+asks Slurm to requeue the job, which resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+RENDEZVOUS_PORT = 29500
+
+
+class Preempted(RuntimeError):
+    """Training stopped on a scheduler signal after saving its checkpoint; rerunning resumes it."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (a single CPU process by default)."""
+
+    rank: int = 0
+    size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_world() -> World:
+    """Join the process group that torchrun describes in the environment, or a world of one process.
+
+    A process uses GPU ``LOCAL_RANK`` when CUDA is available (NCCL between processes), else the CPU (gloo).
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if size == 1:
+        return World(device=device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    world = World(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
+    log.info("process %d of %d on %s (%s)", world.rank, world.size, device, dist.get_backend())
+    return world
+
+
+def threads_per_process(threads: int) -> int:
+    """The job's CPU threads shared among the training processes of this node (torchrun's LOCAL_WORLD_SIZE)."""
+    return max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def close_world(world: World) -> None:
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_batch_sizes(train: dict, world: World, with_unlabeled: bool) -> None:
+    """Global batches must split evenly over the processes; the error names the key to change."""
+    keys = ["batch_size"] + (["unlabeled_batch_size"] if with_unlabeled else [])
+    for key in keys:
+        if train[key] % world.size:
+            raise ValueError(f"train.{key}: {train[key]} images per step do not split over {world.size} "
+                             f"processes; it is the global batch, so use a multiple of {world.size}")
+
+
+def seed_augmentation(seed: int, world: World) -> None:
+    """Give each process its own augmentation stream (a single process keeps the run's seed)."""
+    if world.size > 1:
+        torch.manual_seed(int(np.random.SeedSequence([seed, world.rank]).generate_state(1)[0]))
+
+
+def average_gradients(module: torch.nn.Module, world: World) -> None:
+    """All-reduce the mean gradient over the processes in one flat buffer (a missing gradient counts as 0)."""
+    if world.size == 1:
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world.size
+    offset = 0
+    for param in params:
+        param.grad = flat[offset:offset + param.numel()].view_as(param)
+        offset += param.numel()
+
+
+def any_rank(flag: bool, world: World) -> bool:
+    """True on every process when ``flag`` is true on at least one, so all of them take the same branch."""
+    if world.size == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=world.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather_rng_states(world: World) -> list[torch.Tensor]:
+    """Every process's CPU RNG state, in rank order (each process augments with its own stream)."""
+    state = torch.get_rng_state()
+    if world.size == 1:
+        return [state]
+    states: list = [None] * world.size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device) -> tuple[list, list]:
+    if device.type == "cpu":
+        return images, targets
+    moved = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+    return [image.to(device, non_blocking=True) for image in images], moved
+
+
+@contextlib.contextmanager
+def preemption_signals() -> Iterator[dict]:
+    """Record SIGTERM / SIGUSR1 instead of dying, so training can stop after a whole step.
+
+    Yields a dict whose ``"signal"`` is the number of the first signal received (None until then).
+    The previous handlers are restored on exit.
+    """
+    received: dict = {"signal": None}
+
+    def record(signum, frame) -> None:
+        if received["signal"] is None:
+            log.warning("received %s: saving a checkpoint after this step", signal.Signals(signum).name)
+            received["signal"] = signum
+
+    previous = {sig: signal.signal(sig, record) for sig in PREEMPTION_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def requeue_slurm_job() -> str | None:
+    """Under Slurm, put this job back in the queue (it restarts from its batch script); returns the job id."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if result.returncode != 0:
+        log.error("scontrol requeue %s failed: %s", job_id, result.stderr.strip())
+        return None
+    log.info("Slurm job %s requeued", job_id)
+    return job_id
+
+
+def launcher(nodes: int, processes_per_node: int) -> str:
+    """The command prefix that starts one training process per GPU (empty for a single process).
+
+    One node: ``torchrun --standalone``. Several nodes (inside a Slurm allocation): ``srun`` starts
+    one torchrun per node, which meet at the first node of the allocation.
+    """
+    if nodes == 1 and processes_per_node <= 1:
+        return ""
+    per_node = max(processes_per_node, 1)
+    if nodes == 1:
+        return f"torchrun --standalone --nnodes=1 --nproc-per-node={per_node} --no-python"
+    first_node = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+    return (f"srun --overlap --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
+            f"torchrun --nnodes={nodes} --nproc-per-node={per_node} --rdzv-backend=c10d "
+            f"--rdzv-endpoint={first_node}:{RENDEZVOUS_PORT} --rdzv-id=$SLURM_JOB_ID --no-python")
+
+
+def scheduler_resources(job: dict) -> dict:
+    """Snakemake resources of a job from its ``resources`` config entry, named as the Slurm executor reads them.
+
+    ``gpus`` is per node, Slurm's ``--gpus`` counts the whole job; unset partition, account and
+    extra options are left out, so the cluster's defaults apply.
+    """
+    resources = {"mem_mb": job["mem_mb"], "runtime": job["runtime"], "nodes": job["nodes"]}
+    if job["gpus"]:
+        resources["gpu"] = job["gpus"] * job["nodes"]
+    for key, name in (("partition", "slurm_partition"), ("account", "slurm_account"), ("slurm_extra", "slurm_extra")):
+        if job[key]:
+            resources[name] = job[key]
+    return resources
