@@ -77,9 +77,15 @@ class SlurmCluster:
         self._wait(self._node_idle, timeout, "the node to become idle")
 
     def stop(self) -> None:
-        """Cancel leftover jobs, then stop slurmd, slurmctld and munged by the PIDs this object started."""
+        """Cancel leftover jobs, then stop slurmd, slurmctld and munged by the PIDs this object started.
+
+        Jobs go first: their slurmstepd processes are not slurmd's children and would outlive it.
+        """
         if "slurmctld" in self.daemons:
             subprocess.run(["scancel", "--full", "--partition", "debug"], env=self.env, capture_output=True, timeout=30)
+            deadline = time.monotonic() + 60
+            while self._active_jobs() and time.monotonic() < deadline:
+                time.sleep(0.5)
         for name in ("slurmd", "slurmctld", "munged"):
             process = self.daemons.pop(name, None)
             if process is None or process.poll() is not None:
@@ -114,6 +120,11 @@ class SlurmCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out waiting for {what}; slurmctld log: {self.log('slurmctld')[-2000:]}")
             time.sleep(0.2)
+
+    def _active_jobs(self) -> bool:
+        listed = subprocess.run(["squeue", "-h", "--states=running,completing,configuring", "-o", "%i"],
+                                env=self.env, capture_output=True, text=True)
+        return bool(listed.stdout.strip())
 
     def _node_idle(self) -> bool:
         state = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True, text=True)
