@@ -66,7 +66,7 @@ def test_micro_pipeline_through_the_slurm_profile_matches_a_local_run(slurm, wor
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", output)
     assert len(submitted) == total - 1, output[-4000:]
     rules = {re.search(r"/results/logs/slurm/rule_(\w+?)/", log).group(1) for _, log in submitted}
-    assert rules == {"split", "train_supervised", "train_distillation", "evaluate", "table", "plot", "training_curves"}
+    assert {"split", "train_supervised", "train_distillation", "evaluate", "table", "plot", "training_curves"} <= rules
 
     from_slurm = pd.read_csv(workflow_copy / "results" / "tables" / "micro.csv")
     from_local = pd.read_csv(local_copy / "results" / "tables" / "micro.csv")
