@@ -217,6 +217,7 @@ def resources_of(kind):
     return scheduler_resources(config["resources"][kind])
 
 
-# One training process per GPU given to the job (torchrun; srun across nodes), or a plain process.
-# The train rules `exec` it, so a scheduler's signal reaches training itself, not a shell in between.
-TRAIN_LAUNCHER = launcher(config["resources"]["train"]["nodes"], config["resources"]["train"]["gpus"])
+# One training process per GPU given to the job (torchrun; srun across nodes), or a plain process,
+# started with `exec` so a scheduler's signal reaches training itself, not a shell in between.
+TRAIN_LAUNCHER = " ".join(filter(None, ["exec", launcher(config["resources"]["train"]["nodes"],
+                                                         config["resources"]["train"]["gpus"])]))

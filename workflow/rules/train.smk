@@ -24,7 +24,7 @@ rule train_supervised:
     resources:
         **resources_of("train"),
     shell:
-        "exec {params.launcher} gdis train --config {params.config} --method supervised --label-percent {wildcards.percent} "
+        "{params.launcher} gdis train --config {params.config} --method supervised --label-percent {wildcards.percent} "
         "--fold {wildcards.fold} --split-dir {params.split_dir} --out-dir {params.out_dir} 2> {log}"
 
 
@@ -53,5 +53,5 @@ rule train_distillation:
     resources:
         **resources_of("train"),
     shell:
-        "exec {params.launcher} gdis train --config {params.config} --method {wildcards.method} --label-percent {wildcards.percent} "
+        "{params.launcher} gdis train --config {params.config} --method {wildcards.method} --label-percent {wildcards.percent} "
         "--fold {wildcards.fold} --split-dir {params.split_dir} {params.start} --out-dir {params.out_dir} 2> {log}"
