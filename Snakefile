@@ -23,3 +23,7 @@ rule all:
     input:
         report_outputs(),
     default_target: True
+
+
+onsuccess:
+    write_report_after_run()

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tests.conftest import service_unavailable
+
 # Every external fetch fails: the report must render from its own bytes.
 OFFLINE = ["--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9"]
 EXTERNAL_RESOURCE = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=[\"']?(?:https?:)?//", re.I)
@@ -38,7 +40,7 @@ window.addEventListener("load", function () {
 def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     executable = shutil.which("chromium")
     if executable is None:
-        pytest.fail("the report test needs Debian's chromium package (apt-get install chromium; .ci/run does it)")
+        service_unavailable("the report test needs Debian's chromium package (apt-get install chromium; .ci/run does it)")
     command = [executable, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1000",
                "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'chromium-profile'}", *OFFLINE, *args,
                page.as_uri()]

@@ -19,18 +19,17 @@ import yaml
 
 from gdis.engine import load_checkpoint
 from gdis.splits import write_split
-from tests.conftest import REPO
+from tests.conftest import REPO, service_unavailable
 from tests.slurm_cluster import SlurmCluster, missing_requirements
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(bool(missing_requirements()), reason=f"needs Slurm and munge as root: {missing_requirements()}"),
-]
+pytestmark = pytest.mark.slow
 HARD_TIMEOUT = 1500  # seconds; `timeout -s KILL` ends a hung Snakemake whatever it waits for
 
 
 @pytest.fixture(scope="module")
 def slurm():
+    if missing_requirements():
+        service_unavailable(f"needs Slurm and munge as root: {missing_requirements()}")
     cluster = SlurmCluster()
     try:
         cluster.start()

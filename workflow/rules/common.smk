@@ -213,6 +213,14 @@ def plot(path, **properties):
     return flag(path, "dvc_plots", properties)
 
 
+def write_report_after_run():
+    """The HTML report, after a run of the default target that ran jobs (config report.after_run)."""
+    if requested_targets() not in ([], ["all"]) or not config["report"]["after_run"]:
+        return
+    configfiles = "".join(f" --configfile {path}" for path in USER_CONFIGS)
+    shell(f"snakemake --snakefile {workflow.main_snakefile} --nolock --report {config['report']['path']}{configfiles}")
+
+
 def resources_of(kind):
     return scheduler_resources(config["resources"][kind])
 
