@@ -1,4 +1,5 @@
 # Validated config, wildcard constraints, result paths and input functions shared by all rules.
+import shlex
 import sys
 from pathlib import Path
 
@@ -217,8 +218,9 @@ def write_report_after_run():
     """The HTML report, after a run of the default target that ran jobs (config report.after_run)."""
     if requested_targets() not in ([], ["all"]) or not config["report"]["after_run"]:
         return
-    configfiles = "".join(f" --configfile {path}" for path in USER_CONFIGS)
-    shell(f"snakemake --snakefile {workflow.main_snakefile} --nolock --report {config['report']['path']}{configfiles}")
+    # One --configfile with every file: a repeated --configfile keeps only its last list.
+    configfiles = " ".join(["--configfile", *map(shlex.quote, USER_CONFIGS)]) if USER_CONFIGS else ""
+    shell(f"snakemake --snakefile {workflow.main_snakefile} --nolock --report {config['report']['path']} {configfiles}")
 
 
 def resources_of(kind):
