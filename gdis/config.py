@@ -109,7 +109,7 @@ def _check_cross_fields(config: dict) -> None:
     problems = []
     dataset = config["dataset"]
     if dataset["source"] == "coco":
-        for key in ("train_images", "train_annotations", "val_images", "val_annotations"):
+        for key in DATASET_PATH_KEYS:
             if not dataset.get(key):
                 problems.append(f"dataset.{key}: required when dataset.source is 'coco'")
     synthetic = dataset.get("synthetic", {})
@@ -185,34 +185,24 @@ def format_percent(percent: float) -> str:
     return text
 
 
+DATASET_PATH_KEYS = ("train_images", "train_annotations", "val_images", "val_annotations")
+# Where a generated or prepared dataset keeps its files under data/<name>, in DATASET_PATH_KEYS order.
+PREPARED_LAYOUTS = {
+    "synthetic": ("train", "annotations/train.json", "val", "annotations/val.json"),
+    "coco2017": ("train2017", "annotations/instances_train2017.json", "val2017",
+                 "annotations/instances_val2017.json"),
+    "cityscapes": ("leftImg8bit/train", "annotations/instances_train.json", "leftImg8bit/val",
+                   "annotations/instances_val.json"),
+}
+
+
 def dataset_paths(config: dict) -> dict[str, str]:
-    """Image folders and annotation files of the configured dataset (generated ones live under data/<name>)."""
+    """Image folders and annotation files of the configured dataset (generated or prepared ones live under data/<name>)."""
     dataset = config["dataset"]
-    if dataset["source"] == "synthetic":
-        root = f"data/{dataset['name']}"
-        return {
-            "train_images": f"{root}/train",
-            "train_annotations": f"{root}/annotations/train.json",
-            "val_images": f"{root}/val",
-            "val_annotations": f"{root}/annotations/val.json",
-        }
-    if dataset["source"] == "coco2017":
-        root = f"data/{dataset['name']}"
-        return {
-            "train_images": f"{root}/train2017",
-            "train_annotations": f"{root}/annotations/instances_train2017.json",
-            "val_images": f"{root}/val2017",
-            "val_annotations": f"{root}/annotations/instances_val2017.json",
-        }
-    if dataset["source"] == "cityscapes":
-        root = f"data/{dataset['name']}"
-        return {
-            "train_images": f"{root}/leftImg8bit/train",
-            "train_annotations": f"{root}/annotations/instances_train.json",
-            "val_images": f"{root}/leftImg8bit/val",
-            "val_annotations": f"{root}/annotations/instances_val.json",
-        }
-    return {key: dataset[key] for key in ("train_images", "train_annotations", "val_images", "val_annotations")}
+    layout = PREPARED_LAYOUTS.get(dataset["source"])
+    if layout is None:
+        return {key: dataset[key] for key in DATASET_PATH_KEYS}
+    return {key: f"data/{dataset['name']}/{relative}" for key, relative in zip(DATASET_PATH_KEYS, layout)}
 
 
 def extra_unlabeled_paths(config: dict) -> dict[str, str]:
