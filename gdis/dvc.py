@@ -189,6 +189,10 @@ def touch_after_pull(configfiles: list[str]) -> None:
     if changes:
         raise DvcError(f"dvc status is not clean ({', '.join(sorted(changes))}): run `dvc pull` or `dvc repro` "
                        "first; touching now would mark stale outputs as up to date")
+    _snakemake_touch(configfiles)
+
+
+def _snakemake_touch(configfiles: list[str]) -> None:
     touched = subprocess.run(["snakemake", "--touch", "--cores", "1", "--quiet", *_configfile_args(configfiles)])
     if touched.returncode != 0:
         raise DvcError(f"snakemake --touch failed (exit status {touched.returncode})")
@@ -212,4 +216,7 @@ def commit_after_snakemake(configfiles: list[str]) -> list[str]:
         repo.commit(force=True)
         kept_in_git = ["dvc.lock", *sorted({out.def_path for out in repo.index.outs if not out.use_cache})]
         repo.scm.add(kept_in_git, force=True)
+    # Adopting an output rewrites it from the cache, with a new modification time that would
+    # make Snakemake rerun what depends on it; Snakemake was up to date a moment ago.
+    _snakemake_touch(configfiles)
     return kept_in_git

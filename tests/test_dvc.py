@@ -153,6 +153,7 @@ def test_reproduce_on_a_new_clone_through_a_dvc_remote(tmp_path, monkeypatch):
     _run(work, "gdis", "dvc", "yaml", "--configfile", MICRO)
     _run(work, "snakemake", "--cores", "2", "--configfile", MICRO)
     _run(work, "gdis", "dvc", "commit", "--configfile", MICRO)
+    assert "Nothing to be done" in _run(work, "snakemake", "--dry-run", "--cores", "1", "--configfile", MICRO)
     _run(work, "git", "add", "dvc.yaml")
     _run(work, "git", "commit", "-qm", "micro results")
     _run(work, "dvc", "push")  # to the default remote, ../gdis-dvc-storage
