@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -146,3 +147,13 @@ def time_steps(trainers: dict, batches: list, warmup: int = 2) -> dict[str, dict
                 if "pseudo_labels_per_image" in record:
                     times[name]["pseudo_labels_per_image"].append(record["pseudo_labels_per_image"])
     return times
+
+
+def copy_workflow(workdir: Path) -> None:
+    """A fresh copy of the workflow (Snakefile, rules, configs, environment) to plan or run in."""
+    for name in ("Snakefile", "workflow", "config", "environment.yml", "constraints.txt"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name)
+        elif source.exists():
+            shutil.copy(source, workdir / name)

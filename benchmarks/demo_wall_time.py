@@ -7,16 +7,14 @@ child processes, sampled every half second.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-from benchmarks._common import REPO, figure
+from benchmarks._common import copy_workflow, figure
 
 GOAL_SECONDS = 600
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "environment.yml", "constraints.txt")
 
 
 def _tree_rss(process) -> int:
@@ -34,12 +32,7 @@ def _tree_rss(process) -> int:
 def run(workdir: Path) -> list[dict]:
     import psutil
 
-    for name in WORKFLOW_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name)
-        elif source.exists():
-            shutil.copy(source, workdir / name)
+    copy_workflow(workdir)
     peak = 0
     started = time.perf_counter()
     with open(workdir / "snakemake.log", "w") as log:

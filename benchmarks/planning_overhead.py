@@ -18,12 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks._common import REPO, figure, skipped
+from benchmarks._common import REPO, copy_workflow, figure, skipped
 
 GOAL_SECONDS = 10
 PAPER_PERCENTS = [0.4, 1, 2, 5, 10]
 PAPER_FOLDS = [1, 2, 3, 4, 5]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "environment.yml", "constraints.txt")
 
 
 def _timed(command: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess]:
@@ -48,12 +47,7 @@ def paper_matrix_config(arch: str) -> dict:
 def snakemake_dry_run(workdir: Path) -> dict:
     from gdis.models import ARCHITECTURES
 
-    for name in WORKFLOW_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name)
-        elif source.exists():
-            shutil.copy(source, workdir / name)
+    copy_workflow(workdir)
     wall, cpu, jobs = 0.0, 0.0, 0
     for arch in sorted(ARCHITECTURES):
         config = workdir / f"plan_{arch}.yaml"
