@@ -1,0 +1,108 @@
+"""Burn-in study: the guided student's mask AP for each ``train.burn_in`` and training seed, against supervised.
+
+``python -m benchmarks.burn_in_sweep --work-dir DIR [--seeds 0 1] [--burn-ins 250 350] [--label-percents 5 10]``
+
+Runs the demo workflow (config/config.yaml plus the overrides) in one copy per seed, ``--cores`` seeds
+at a time: the supervised teachers once, then guided distillation once per burn-in (its outputs are
+moved aside between burn-ins). Prints a Markdown table and writes it, with every number, to DIR/burn_in_sweep.{md,json}.
+Each guided run is about 3.5 CPU-minutes of the demo model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks._common import DEMO_CONFIG, copy_workflow
+from gdis.config import format_percent, load_config
+from gdis.io import write_json, write_text
+
+SUPERVISED, GUIDED = "supervised", "guided_distillation"
+
+
+def eval_dir(config: dict, method: str, percent: float) -> Path:
+    model = config["model"]
+    return (Path("results/eval") / config["dataset"]["name"] / model["arch"] / model["backbone"] / method
+            / f"{format_percent(percent)}pct" / f"fold{config['splits']['folds'][0]}")
+
+
+def run_dir(config: dict, method: str, percent: float) -> Path:
+    return Path(str(eval_dir(config, method, percent)).replace("results/eval", "results/models", 1))
+
+
+def snakemake(workdir: Path, targets: list[Path], overrides: Path, cores: int) -> None:
+    """Make ``targets``; outputs already there are kept even though the burn-in parameter changed."""
+    command = ["snakemake", "--cores", str(cores), *map(str, targets), "--rerun-triggers", "mtime",
+               "--configfile", "config/config.yaml", overrides.name]
+    with open(workdir / "snakemake.log", "a") as log:
+        subprocess.run(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
+def mask_ap(workdir: Path, directory: Path, model: str = "student") -> float:
+    return json.loads((workdir / directory / f"{model}.json").read_text())["mask_AP"]
+
+
+def sweep_seed(root: Path, config: dict, seed: int, burn_ins: list[int], percents: list[float]) -> list[dict]:
+    """One seed's runs, in order, on one core: supervised teachers first, then guided once per burn-in."""
+    workdir = root / f"seed{seed}"
+    if not (workdir / "Snakefile").exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        copy_workflow(workdir)
+    supervised = [eval_dir(config, SUPERVISED, p) / "student.json" for p in percents]
+    rows = []
+    for burn_in in burn_ins:
+        overrides = workdir / f"burn_in_{burn_in}.yaml"
+        write_text(overrides, json.dumps({"train": {"seed": seed, "burn_in": burn_in}, "report": {"after_run": False}}))
+        guided = [eval_dir(config, GUIDED, p) / name for p in percents for name in ("student.json", "ema_teacher.json")]
+        snakemake(workdir, supervised + guided, overrides, cores=1)
+        for percent in percents:
+            guided_dir = eval_dir(config, GUIDED, percent)
+            rows.append({"seed": seed, "burn_in": burn_in, "label_percent": percent,
+                         "supervised": mask_ap(workdir, eval_dir(config, SUPERVISED, percent)),
+                         "guided_student": mask_ap(workdir, guided_dir),
+                         "guided_ema_teacher": mask_ap(workdir, guided_dir, "ema_teacher")})
+            for directory in (guided_dir, run_dir(config, GUIDED, percent)):  # make room for the next burn-in
+                shutil.move(workdir / directory, workdir / f"{directory}_burn_in_{burn_in}")
+    return rows
+
+
+def sweep(root: Path, seeds: list[int], burn_ins: list[int], percents: list[float], cores: int) -> list[dict]:
+    """All seeds, ``cores`` of them at a time (a training job uses one core)."""
+    config = load_config([DEMO_CONFIG])
+    with ThreadPoolExecutor(max_workers=cores) as pool:
+        per_seed = pool.map(lambda seed: sweep_seed(root, config, seed, burn_ins, percents), seeds)
+        return [row for rows in per_seed for row in rows]
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| label % | seed | burn_in | supervised | guided student | guided EMA teacher | student − supervised |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in sorted(rows, key=lambda r: (r["label_percent"], r["burn_in"], r["seed"])):
+        lines.append(f"| {format_percent(row['label_percent'])} | {row['seed']} | {row['burn_in']} "
+                     f"| {row['supervised']:.1f} | {row['guided_student']:.1f} | {row['guided_ema_teacher']:.1f} "
+                     f"| {row['guided_student'] - row['supervised']:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.burn_in_sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--burn-ins", type=int, nargs="+", default=[250, 350])
+    parser.add_argument("--label-percents", type=float, nargs="+", default=[5, 10])
+    parser.add_argument("--cores", type=int, default=2)
+    args = parser.parse_args(argv)
+    rows = sweep(args.work_dir.resolve(), args.seeds, args.burn_ins, args.label_percents, args.cores)
+    table = markdown(rows)
+    write_json(args.work_dir / "burn_in_sweep.json", rows)
+    write_text(args.work_dir / "burn_in_sweep.md", table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
