@@ -30,6 +30,13 @@ def test_shipped_configs_are_valid(name):
     load_config(files)
 
 
+@pytest.mark.parametrize("plan", ["coco.yaml", "cityscapes.yaml", "examples/my_dataset.yaml"])
+def test_real_datasets_get_the_papers_strong_view(plan):
+    """The demo scales the blur to its 128 px images; a plan layered on the demo config must not inherit that."""
+    config = load_config([REPO / "config" / "config.yaml", REPO / "config" / plan])
+    assert config["train"]["augment"] == validate_config(MINIMAL)["train"]["augment"]
+
+
 def test_config_examples_in_docs_are_valid():
     load_config([REPO / "config" / "config.yaml", REPO / "config" / "examples" / "my_dataset.yaml"])
 

@@ -162,10 +162,15 @@ def supervised_burn_in_output():
 
 
 def training_priority(wildcards):
-    """Supervised runs that distillation runs wait for first, then distillation, the 100 % upper bound last."""
-    if wildcards.get("method", "supervised") != "supervised":
-        return 5
-    return 0 if wildcards.percent == FULL else 10
+    """Longest first, once its inputs exist, so that short jobs fill the cores at the end.
+
+    Supervised runs that distillation waits for, then guided distillation (the longest runs), then the
+    100 % upper bound, then standard burn-in (which continues a supervised run for the last few steps).
+    """
+    method = wildcards.get("method", "supervised")
+    if method == "supervised":
+        return 4 if wildcards.percent == FULL else 10
+    return 8 if method == "guided_distillation" else 2
 
 
 def split_list_file(wildcards):

@@ -17,6 +17,7 @@ rule split:
         out_dir=lambda wildcards, output: os.path.dirname(output.manifest),
     log:
         f"{LOG_DIR}/split/{{percent}}pct_fold{{fold}}.log",
+    priority: training_priority  # a split is as urgent as the supervised run it feeds
     conda:
         SOFTWARE_ENV
     resources:
