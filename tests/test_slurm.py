@@ -87,8 +87,10 @@ def test_failing_job_fails_snakemake_and_names_its_logs(slurm, workflow_copy, mi
                         str(broken), "--until", "train_supervised")
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    # The first job to read the images fails (a dataset check, or training); Snakemake names its logs.
-    rule_log = re.search(r"log: (results/logs/micro/\S+\.log)", output).group(1)
+    # The first job to read the images fails (a dataset check, or training); Snakemake names its logs
+    # in the error report (other jobs, listed as they start, name theirs too).
+    failure = output[output.index("Error in rule"):]
+    rule_log = re.search(r"log: (results/logs/micro/\S+\.log)", failure).group(1)
     assert "results/logs/slurm/" in output
     assert missing.name in (workflow_copy / rule_log).read_text()
 
