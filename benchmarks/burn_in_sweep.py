@@ -24,14 +24,11 @@ from gdis.io import write_json, write_text
 SUPERVISED, GUIDED = "supervised", "guided_distillation"
 
 
-def eval_dir(config: dict, method: str, percent: float) -> Path:
+def run_results(config: dict, kind: str, method: str, percent: float) -> Path:
+    """A run's folder under results/<kind> ("eval" or "models"), as the workflow names it."""
     model = config["model"]
-    return (Path("results/eval") / config["dataset"]["name"] / model["arch"] / model["backbone"] / method
+    return (Path("results") / kind / config["dataset"]["name"] / model["arch"] / model["backbone"] / method
             / f"{format_percent(percent)}pct" / f"fold{config['splits']['folds'][0]}")
-
-
-def run_dir(config: dict, method: str, percent: float) -> Path:
-    return Path(str(eval_dir(config, method, percent)).replace("results/eval", "results/models", 1))
 
 
 def snakemake(workdir: Path, targets: list[Path], overrides: Path, cores: int) -> None:
@@ -52,20 +49,21 @@ def sweep_seed(root: Path, config: dict, seed: int, burn_ins: list[int], percent
     if not (workdir / "Snakefile").exists():
         workdir.mkdir(parents=True, exist_ok=True)
         copy_workflow(workdir)
-    supervised = [eval_dir(config, SUPERVISED, p) / "student.json" for p in percents]
+    supervised = [run_results(config, "eval", SUPERVISED, p) / "student.json" for p in percents]
     rows = []
     for burn_in in burn_ins:
         overrides = workdir / f"burn_in_{burn_in}.yaml"
         write_text(overrides, json.dumps({"train": {"seed": seed, "burn_in": burn_in}, "report": {"after_run": False}}))
-        guided = [eval_dir(config, GUIDED, p) / name for p in percents for name in ("student.json", "ema_teacher.json")]
+        guided = [run_results(config, "eval", GUIDED, p) / name
+                  for p in percents for name in ("student.json", "ema_teacher.json")]
         snakemake(workdir, supervised + guided, overrides, cores=1)
         for percent in percents:
-            guided_dir = eval_dir(config, GUIDED, percent)
+            guided_dir = run_results(config, "eval", GUIDED, percent)
             rows.append({"seed": seed, "burn_in": burn_in, "label_percent": percent,
-                         "supervised": mask_ap(workdir, eval_dir(config, SUPERVISED, percent)),
+                         "supervised": mask_ap(workdir, run_results(config, "eval", SUPERVISED, percent)),
                          "guided_student": mask_ap(workdir, guided_dir),
                          "guided_ema_teacher": mask_ap(workdir, guided_dir, "ema_teacher")})
-            for directory in (guided_dir, run_dir(config, GUIDED, percent)):  # make room for the next burn-in
+            for directory in (guided_dir, run_results(config, "models", GUIDED, percent)):  # make room for the next burn-in
                 shutil.move(workdir / directory, workdir / f"{directory}_burn_in_{burn_in}")
     return rows
 

@@ -54,6 +54,19 @@ def micro_config(micro_config_file) -> dict:
     return load_config([micro_config_file])
 
 
+def resnet50_in_torch_cache(torch_home: Path, seed: int):
+    """A random ResNet-50 saved under torchvision's ImageNet file name in ``torch_home``: what it loads."""
+    import torch
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    torch.manual_seed(seed)
+    reference = resnet50()
+    cache = torch_home / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache / ResNet50_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1])
+    return reference
+
+
 def copy_workflow(target: Path) -> Path:
     for name in ("Snakefile", "workflow", "config", "environment.yml", "constraints.txt"):
         source = REPO / name

@@ -16,6 +16,7 @@ from gdis.engine import autocast, build_optimizer, lr_factor
 from gdis.models import build_model
 from gdis.models.backbones import BACKBONES
 from gdis.models.mask2former import instance_inference, select_pseudo_label_queries
+from tests.conftest import resnet50_in_torch_cache
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = read_yaml(REPO / "config" / "presets" / "mask2former_tiny_cpu.yaml")
@@ -182,14 +183,8 @@ def test_missing_hub_weights_name_the_file(tmp_path, monkeypatch):
 
 
 def test_resnet50_imagenet_weights_from_the_torch_cache(tmp_path, monkeypatch):
-    from torchvision.models import ResNet50_Weights, resnet50
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    torch.manual_seed(4)
-    reference = resnet50()
-    cache = tmp_path / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
-    torch.save(reference.state_dict(), cache / ResNet50_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1])
+    reference = resnet50_in_torch_cache(tmp_path, seed=4)
     model = build_model(deep_merge(MODEL, {"backbone": "resnet50", "backbone_weights": "imagenet",
                                            **SMALL_TRANSFORMER}), num_categories=3)
     body = model.backbone.body

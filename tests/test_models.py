@@ -12,6 +12,7 @@ from gdis.data import CocoInstances, to_float
 from gdis.coco import load_coco
 from gdis.models import build_model
 from gdis.models.mask_rcnn import filter_pseudo_labels
+from tests.conftest import resnet50_in_torch_cache
 
 MODEL = validate_config({"dataset": {"name": "x", "source": "synthetic"},
                          "model": {"min_size": [64], "test_size": 64}})["model"]
@@ -73,14 +74,8 @@ def test_missing_imagenet_weights_name_the_file(tmp_path, monkeypatch):
 
 def test_imagenet_weights_found_in_the_torch_cache(tmp_path, monkeypatch):
     """The real loading path: torchvision's file name in TORCH_HOME, loaded into the ResNet-50 body."""
-    from torchvision.models import ResNet50_Weights, resnet50
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    torch.manual_seed(3)
-    reference = resnet50()
-    cache = tmp_path / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
-    torch.save(reference.state_dict(), cache / ResNet50_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1])
+    reference = resnet50_in_torch_cache(tmp_path, seed=3)
     model = build_model(deep_merge(MODEL, {"backbone": "resnet50_fpn", "backbone_weights": "imagenet"}), 5)
     assert torch.equal(model.net.backbone.body.conv1.weight, reference.conv1.weight)
     assert torch.equal(model.net.backbone.body.layer4[2].conv3.weight, reference.layer4[2].conv3.weight)
