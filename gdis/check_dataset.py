@@ -6,12 +6,16 @@
 ``dataset.on_bad_input`` chooses what errors do: ``fail`` stops with the full list, ``skip``
 records the unusable items in the report so that ``usable_coco`` leaves them out, counted.
 Items are excluded by position in the file, since a broken entry may have no usable id;
-the report holds the file's SHA-256 so it is never applied to another version of it.
+the report holds the file's SHA-256 so it is never applied to another version of it. An
+annotation without ``area`` is a note: the report keeps the area computed from its segmentation,
+and ``usable_coco`` writes it in, so splits and evaluation (whose area ranges need it) have it.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,8 +38,10 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 IMAGE_ERRORS = {
     "image_missing_field": "image entry lacks an integer id, file_name, width or height",
     "image_bad_size": "width/height in the JSON is not a positive integer",
+    "file_outside_images": "file_name is an absolute path or has a '..' part: it could name a file outside the images folder",
     "duplicate_image_id": "two image entries share an id",
     "missing_file": "image file not found",
+    "decompression_bomb": "image has more pixels than Pillow opens (2 x PIL.Image.MAX_IMAGE_PIXELS): a possible decompression bomb",
     "unreadable_file": "image file is not an image PIL can open",
     "corrupt_image": "image file is truncated or its data is corrupt",
     "size_mismatch": "image file size differs from the JSON width/height",
@@ -49,7 +55,7 @@ ANNOTATION_ERRORS = {
     "bad_bbox": "bbox is not four finite numbers",
     "degenerate_bbox": "bbox has zero or negative width or height",
     "bbox_outside_image": "bbox lies outside the image",
-    "bad_area": "area is missing, not finite or negative (COCO evaluation needs it)",
+    "bad_area": "area is not a finite, non-negative number (COCO evaluation needs it)",
     "empty_segmentation": "segmentation is empty",
     "bad_polygon": "polygon is not a flat list of numbers with an even length",
     "polygon_too_few_points": "polygon has fewer than 3 points",
@@ -62,12 +68,14 @@ ANNOTATION_ERRORS = {
 # Handled, but worth knowing.
 NOTES = {
     "crowd_region": "crowd annotation: ignored in training, an ignore region in evaluation",
+    "missing_area": "annotation has no area: computed from its segmentation and written into the splits and evaluation",
     "no_annotations": "image has no annotation: used as an unlabelled image / a background image",
     "grayscale_image": "grayscale image: read as RGB with three equal channels",
     "alpha_channel": "image has transparency: the alpha channel is dropped",
     "sixteen_bit_image": "16-bit image: scaled to 8 bits",
     "other_color_mode": "image is not RGB (e.g. CMYK): converted to RGB",
     "exif_rotated": "EXIF orientation tag set: pixels are used as stored, not rotated (as COCO does)",
+    "large_image": "image has more pixels than PIL.Image.MAX_IMAGE_PIXELS (Pillow warns of a decompression bomb): read anyway",
 }
 
 
@@ -173,18 +181,26 @@ def segmentation_problem(segmentation: Any, height: int, width: int) -> tuple[st
             problem = polygon_problem(polygon, height, width)
             if problem:
                 return problem
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     elif isinstance(segmentation, dict):
         problem = rle_problem(segmentation, height, width)
         if problem:
             return problem
-        counts = segmentation["counts"]
-        rle = mask_utils.frPyObjects(segmentation, height, width) if isinstance(counts, list) else segmentation
     else:
         return "bad_polygon", f"segmentation is a {type(segmentation).__name__}, not polygons or RLE"
-    if int(mask_utils.area(rle)) == 0:
+    if segmentation_area(segmentation, height, width) == 0:
         return "empty_mask", "segmentation covers no pixel"
     return None
+
+
+def segmentation_area(segmentation: list | dict, height: int, width: int) -> int:
+    """Pixels covered by a segmentation that ``segmentation_problem`` accepts (polygons merged, as COCO does)."""
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation["counts"], list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return int(mask_utils.area(rle))
 
 
 def bbox_problem(bbox: Any, height: int, width: int) -> tuple[str, str] | None:
@@ -198,13 +214,42 @@ def bbox_problem(bbox: Any, height: int, width: int) -> tuple[str, str] | None:
     return None
 
 
+def file_name_problem(file_name: str) -> str | None:
+    """Why ``file_name`` could name a file outside its images folder (absolute, or with a '..' part), or None.
+
+    Checked on the name alone, before anything is read: the folder itself, and files in it, may be
+    symbolic links (a linked local copy, a DataLad or DVC cache); those are the folder's, not the name's.
+    """
+    path = Path(file_name)
+    if path.anchor:  # '/x', and on Windows also 'C:x' and '\\x'
+        return "is an absolute path"
+    if ".." in path.parts:
+        return "has a '..' part"
+    return None
+
+
 def image_file_findings(path: Path, info: dict) -> list[dict]:
     """Problems and notes of one image file: readable, complete, of the size the JSON says, its colour mode."""
+    with warnings.catch_warnings():
+        # Pillow's warning for an image over MAX_IMAGE_PIXELS becomes the note large_image, also under -W error.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return _image_file_findings(path, info)
+        except Image.DecompressionBombError as error:
+            image_id = info["id"]
+            found = re.search(r"\((\d+) pixels\)", str(error))
+            pixels = f"{int(found.group(1))} pixels" if found else "more pixels than Pillow opens"
+            return [_finding("decompression_bomb", f"image {image_id}: {path} has {pixels}, over Pillow's limit of "
+                             f"{2 * (Image.MAX_IMAGE_PIXELS or 0)} (2 x PIL.Image.MAX_IMAGE_PIXELS): a possible "
+                             "decompression bomb, not read", image_id, file=str(path))]
+
+
+def _image_file_findings(path: Path, info: dict) -> list[dict]:
     image_id, file = info["id"], str(path)
     if not path.is_file():
         return [_finding("missing_file", f"image {image_id}: file not found: {path}", image_id, file=file)]
     try:
-        with Image.open(path) as handle:
+        with Image.open(path) as handle:  # reads the header only: Pillow refuses a bomb before any decoding
             mode, size = handle.mode, handle.size
             try:
                 handle.load()
@@ -221,6 +266,10 @@ def image_file_findings(path: Path, info: dict) -> list[dict]:
         return [_finding("size_mismatch", f"image {image_id}: {path} is {size[0]}x{size[1]} but the JSON says "
                          f"{info['width']}x{info['height']}", image_id, file=file)]
     notes = []
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and size[0] * size[1] > limit:
+        notes.append(_finding("large_image", f"image {image_id}: {path} is {size[0]}x{size[1]} = {size[0] * size[1]} "
+                              f"pixels, over PIL.Image.MAX_IMAGE_PIXELS ({limit}); read anyway", image_id, file=file))
     if mode in SIXTEEN_BIT_MODES:
         notes.append(_finding("sixteen_bit_image", f"image {image_id}: {path} has mode {mode}, scaled to 8 bits", image_id,
                               file=file))
@@ -270,6 +319,13 @@ def _image_findings(coco: dict, images_dir: Path) -> tuple[list[dict], dict, set
                                      f"{image['height']!r} are not positive integers", image_id))
             unusable.add(index)
             continue
+        outside = file_name_problem(str(image["file_name"]))
+        if outside:
+            findings.append(_finding("file_outside_images", f"image {image_id}: file_name {str(image['file_name'])!r} "
+                                     f"{outside}: it could name a file outside {images_dir}; not read", image_id,
+                                     file=str(image["file_name"])))
+            unusable.add(index)
+            continue
         file_findings = image_file_findings(images_dir / str(image["file_name"]), image)
         findings += file_findings
         if any(f["kind"] in IMAGE_ERRORS for f in file_findings):
@@ -279,11 +335,12 @@ def _image_findings(coco: dict, images_dir: Path) -> tuple[list[dict], dict, set
     return findings, usable, unusable
 
 
-def _annotation_findings(coco: dict, usable_images: dict, category_ids: set) -> tuple[list[dict], set[int], set]:
-    """Findings of the annotations, the positions of unusable ones, and the image ids with usable annotations."""
+def _annotation_findings(coco: dict, usable_images: dict, category_ids: set) -> tuple[list[dict], set[int], set, dict]:
+    """Findings of the annotations, the positions of unusable ones, the image ids with usable annotations,
+    and the areas computed for usable annotations without one, by position."""
     all_image_ids = {image["id"] for image in coco["images"] if _has_int_id(image, "id")}
     ids = Counter(ann["id"] for ann in coco["annotations"] if _has_int_id(ann, "id"))
-    findings, unusable, annotated = [], set(), set()
+    findings, unusable, annotated, computed_areas = [], set(), set(), {}
     for index, ann in enumerate(coco["annotations"]):
         problem = None
         ann_id = ann.get("id") if isinstance(ann, dict) else None
@@ -303,8 +360,9 @@ def _annotation_findings(coco: dict, usable_images: dict, category_ids: set) -> 
             problem = "unknown_category_id", f"category id {ann['category_id']!r} is not in the file"
         elif ann.get("iscrowd", 0) not in (0, 1):
             problem = "bad_iscrowd", f"iscrowd is {ann.get('iscrowd')!r}"
-        elif not (_is_number(ann.get("area")) and math.isfinite(ann["area"]) and ann["area"] >= 0):
-            problem = "bad_area", f"area is {ann.get('area')!r}"
+        elif ann.get("area") is not None and not (_is_number(ann["area"]) and math.isfinite(ann["area"])
+                                                  and ann["area"] >= 0):
+            problem = "bad_area", f"area is {ann['area']!r}"
         else:
             height, width = usable_images[image_id]["height"], usable_images[image_id]["width"]
             problem = bbox_problem(ann["bbox"], height, width) or segmentation_problem(ann["segmentation"], height, width)
@@ -315,12 +373,17 @@ def _annotation_findings(coco: dict, usable_images: dict, category_ids: set) -> 
             findings.append(_finding(kind, f"annotation {ann_id} (image {image_id}): {message}", image_id, ann_id, file))
             unusable.add(index)
             continue
+        if ann.get("area") is None:  # absent or null, as labelling tools often export it
+            area = segmentation_area(ann["segmentation"], image["height"], image["width"])
+            computed_areas[str(index)] = float(area)
+            findings.append(_finding("missing_area", f"annotation {ann_id} (image {image_id}) has no area: {area} "
+                                     "pixels, computed from its segmentation", image_id, ann_id, file))
         if ann.get("iscrowd", 0):
             findings.append(_finding("crowd_region", f"annotation {ann_id} (image {image_id}) is a crowd region", image_id,
                                      ann_id, file))
         else:
             annotated.add(image_id)
-    return findings, unusable, annotated
+    return findings, unusable, annotated, computed_areas
 
 
 def check_dataset(annotations_path: str | Path, images_dir: str | Path, policy: str = "fail") -> dict:
@@ -333,7 +396,7 @@ def check_dataset(annotations_path: str | Path, images_dir: str | Path, policy: 
         raise DatasetError(str(error)) from None
     category_ids = check_categories(coco, annotations_path)
     image_findings, usable_images, bad_images = _image_findings(coco, Path(images_dir))
-    ann_findings, bad_annotations, annotated = _annotation_findings(coco, usable_images, category_ids)
+    ann_findings, bad_annotations, annotated, computed_areas = _annotation_findings(coco, usable_images, category_ids)
     findings = image_findings + ann_findings
     for image_id, image in usable_images.items():
         if image_id not in annotated:
@@ -353,6 +416,7 @@ def check_dataset(annotations_path: str | Path, images_dir: str | Path, policy: 
         "skipped_annotations": len(bad_annotations),
         "excluded_image_indices": sorted(bad_images),
         "excluded_annotation_indices": sorted(bad_annotations),
+        "computed_areas": computed_areas,
         "errors": errors,
         "notes": [f for f in findings if f["kind"] in NOTES],
     }
@@ -374,7 +438,8 @@ def summary(report: dict) -> str:
 
 
 def usable_coco(annotations_path: str | Path, report: dict | None) -> dict:
-    """The annotation file without the items ``report`` excluded, checked as COCO; the file unchanged without a report."""
+    """The annotation file without the items ``report`` excluded and with the areas it computed, checked as COCO;
+    the file unchanged without a report."""
     if report is None:
         return load_coco(annotations_path)
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
@@ -383,10 +448,12 @@ def usable_coco(annotations_path: str | Path, report: dict | None) -> dict:
         raise DatasetError(f"{annotations_path} changed since it was checked; run 'gdis check-dataset' again")
     coco = read_json(annotations_path, "annotation file")
     bad_images, bad_annotations = set(report["excluded_image_indices"]), set(report["excluded_annotation_indices"])
+    areas = report.get("computed_areas", {})
     coco = {
         **coco,
         "images": [image for index, image in enumerate(coco["images"]) if index not in bad_images],
-        "annotations": [ann for index, ann in enumerate(coco["annotations"]) if index not in bad_annotations],
+        "annotations": [{**ann, "area": areas[str(index)]} if str(index) in areas else ann
+                        for index, ann in enumerate(coco["annotations"]) if index not in bad_annotations],
     }
     check_coco(coco, annotations_path)
     return coco

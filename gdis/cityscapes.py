@@ -90,7 +90,7 @@ def prepare_cityscapes(archives_dir: str | Path, root: str | Path, workers: int 
         raise FileNotFoundError(
             f"Cityscapes archive(s) {', '.join(missing)} not found in {archives_dir} "
             "(dataset.cityscapes.archives_dir): download them from cityscapes-dataset.com (login needed), "
-            "as the README's Cityscapes section says")
+            "as docs/datasets.md (section Cityscapes) says")
     for name, members in ARCHIVES.items():
         unpack(archives_dir / name, root, members)
         log.info("unpacked %s into %s", name, root)

@@ -18,6 +18,8 @@ ARCH_BACKBONES = {
     "mask2former": ("tiny", "resnet50", "swin_tiny", "swin_small", "swin_base", "swin_large", "dinov2_vits14",
                     "dinov2_vitb14", "dinov2_vitl14"),
 }
+# Backbones with batch norm, which model.norm and model.frozen_stages apply to (the others ignore model.norm).
+BATCH_NORM_BACKBONES = ("resnet50_fpn", "resnet50")
 
 
 class ConfigError(ValueError):
@@ -176,6 +178,16 @@ def _model_problems(model: dict) -> list[str]:
                         "(use null or a state-dict file)")
     elif weights not in (None, "imagenet") and not Path(weights).is_file():
         problems.append(f"model.backbone_weights: {weights!r} is neither null, 'imagenet' nor an existing file")
+    if model["backbone"] in BATCH_NORM_BACKBONES and not weights:
+        if model["norm"] == "frozen":
+            problems.append("model.norm: 'frozen' keeps pre-trained statistics, but model.backbone_weights is null "
+                            "(use 'batch', 'sync' or 'auto', or set model.backbone_weights)")
+        if model["frozen_stages"]:
+            problems.append(f"model.frozen_stages: {model['frozen_stages']} stages would keep their random "
+                            "initialisation, model.backbone_weights being null (use 0 or null)")
+    elif model["backbone"] not in BATCH_NORM_BACKBONES and model["frozen_stages"] is not None:
+        problems.append(f"model.frozen_stages: counts ResNet-50 stages ({', '.join(BATCH_NORM_BACKBONES)}), "
+                        f"not those of backbone '{model['backbone']}' (use null)")
     return problems
 
 

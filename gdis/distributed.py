@@ -3,9 +3,12 @@
 ``torchrun`` starts one process per GPU (or several CPU processes, which use gloo) and sets
 ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; ``init_world`` joins them. ``train.batch_size`` and
 ``train.unlabeled_batch_size`` are global: at every step process r of W trains on items
-r, r + W, ... of the step's batch (``gdis.data.StepBatchSampler``), gradients are averaged over
-the processes, so W processes take the same optimiser steps as one process with the whole batch,
-and every process holds the same student and EMA teacher. Only rank 0 writes files.
+r, r + W, ... of the step's batch (``gdis.data.StepBatchSampler``). The student trains inside
+``torch.nn.parallel.DistributedDataParallel``, which averages gradients in buckets while the backward
+pass runs; after each step the buffers (batch-norm statistics) of rank 0 are broadcast, so every process
+holds the same student and EMA teacher, bit for bit, after every step. W processes take nearly the
+same optimiser steps as one process with the whole batch (see docs and ``tests/test_distributed.py``
+for how far apart). Only rank 0 writes files.
 
 Under Slurm, a job about to be preempted or to reach its time limit gets SIGTERM (or the signal
 chosen with ``sbatch --signal``); training then saves its checkpoint after the current step and
@@ -92,19 +95,32 @@ def seed_augmentation(seed: int, world: World) -> None:
         torch.manual_seed(int(np.random.SeedSequence([seed, world.rank]).generate_state(1)[0]))
 
 
-def average_gradients(module: torch.nn.Module, world: World) -> None:
-    """All-reduce the mean gradient over the processes in one flat buffer (a missing gradient counts as 0)."""
+def data_parallel(module: torch.nn.Module, world: World) -> torch.nn.Module:
+    """``module`` wrapped in DistributedDataParallel on several processes (itself in one).
+
+    DDP starts the gradient all-reduce of each bucket as soon as its gradients are ready, overlapping
+    communication with the rest of the backward pass. Its own buffer broadcast (at the start of every
+    forward) is off: ``broadcast_buffers`` runs after each optimiser step instead, so that the EMA
+    teacher, updated from the student's buffers right after the step, is the same on every process too.
+    """
+    if world.size == 1:
+        return module
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+
+
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module, world: World) -> None:
+    """Give every process rank 0's buffers (batch-norm statistics drift apart, each process seeing its own images)."""
     if world.size == 1:
         return
-    params = [p for p in module.parameters() if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world.size
-    offset = 0
-    for param in params:
-        param.grad = flat[offset:offset + param.numel()].view_as(param)
-        offset += param.numel()
+    buffers = list(module.buffers())
+    for dtype in sorted({buffer.dtype for buffer in buffers}, key=str):  # one broadcast per dtype, not per buffer
+        same = [buffer for buffer in buffers if buffer.dtype == dtype]
+        flat = torch.cat([buffer.reshape(-1) for buffer in same])
+        dist.broadcast(flat, src=0)
+        for buffer, value in zip(same, flat.split([buffer.numel() for buffer in same])):
+            buffer.copy_(value.view_as(buffer))
 
 
 def any_rank(flag: bool, world: World) -> bool:

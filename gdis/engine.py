@@ -93,6 +93,25 @@ def load_network(path: str | Path, which: str, model_config: dict):
     return model, state
 
 
+class StudentLosses(torch.nn.Module):
+    """The student's loss dict on each (images, targets) group of a step, as one forward.
+
+    DistributedDataParallel wraps this module: its forward covers the labelled and the unlabelled
+    group, so the step's single backward reduces every gradient once. The groups share one backbone
+    forward when the model can (``grouped_losses``) and ``train.shared_backbone`` allows it.
+    """
+
+    def __init__(self, student: torch.nn.Module, shared_backbone: bool) -> None:
+        super().__init__()
+        self.student = student
+        self.shared_backbone = shared_backbone
+
+    def forward(self, groups: list[tuple[list, list]]) -> list[dict]:
+        if len(groups) > 1 and self.shared_backbone and hasattr(self.student, "grouped_losses"):
+            return self.student.grouped_losses(groups)
+        return [self.student.losses(images, targets) for images, targets in groups]
+
+
 def _finite_or_fail(step: int, terms: dict[str, torch.Tensor], world: distributed.World) -> None:
     bad = {name: float(value) for name, value in terms.items() if not torch.isfinite(value)}
     if distributed.any_rank(bool(bad), world):  # every process stops, none waits forever for the others
@@ -144,6 +163,8 @@ class Trainer:
         self.hidden_truth = None  # full training annotations, to measure pseudo-label quality
         if method != distill.SUPERVISED and hidden_annotations and self.train["pseudo_label"]["quality_interval"]:
             self.hidden_truth = pseudo_quality.HiddenGroundTruth(hidden_annotations, self.category_ids)
+        self.student_losses = distributed.data_parallel(StudentLosses(self.student, self.train["shared_backbone"]),
+                                                        self.world)
         self.optimizer = build_optimizer(self.student, self.train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -236,12 +257,6 @@ class Trainer:
             quality = pseudo_quality.measure(self.hidden_truth, image_ids, images, weak, targets)
         return strong, targets, per_image, quality
 
-    def _student_losses(self, groups: list[tuple[list, list]]) -> list[dict]:
-        """The student's loss dict on each (images, targets) group, in one shared backbone forward when possible."""
-        if len(groups) > 1 and self.train["shared_backbone"] and hasattr(self.student, "grouped_losses"):
-            return self.student.grouped_losses(groups)
-        return [self.student.losses(images, targets) for images, targets in groups]
-
     def _train_step(self, labeled_batch, unlabeled_batch) -> dict:
         step, train = self.step, self.train
         if distill.copies_student(self.method, step, train["burn_in"]):
@@ -256,7 +271,7 @@ class Trainer:
                                                                     [info["image_id"] for info in infos])
             groups.append((strong, pseudo))
         with autocast(self.student, train):
-            supervised, *unsupervised_losses = self._student_losses(groups)
+            supervised, *unsupervised_losses = self.student_losses(groups)
         terms = {f"loss_supervised/{k}": v for k, v in supervised.items()}
         loss_supervised = sum(supervised.values())
         loss = loss_supervised
@@ -272,12 +287,12 @@ class Trainer:
             return self._skip_update(step, terms)
         _finite_or_fail(step, terms, self.world)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(self.student, self.world)
+        loss.backward()  # under DDP, the gradients arrive averaged over the processes
         if train["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), train["grad_clip"])
         self.optimizer.step()
         self.scheduler.step()
+        distributed.broadcast_buffers(self.student, self.world)
         if phase == "ema":
             distill.ema_update(self.teacher, self.student, train["ema_decay"])
         record.update({k: v.item() for k, v in terms.items()})
@@ -290,6 +305,7 @@ class Trainer:
         bad = {name: value.item() for name, value in terms.items() if not torch.isfinite(value)}
         log.warning("step %d: non-finite loss term(s) %s; update skipped (%d so far)", step, bad, self.nonfinite_skips)
         self.scheduler.step()
+        distributed.broadcast_buffers(self.student, self.world)  # the forward moved batch-norm statistics
         return {"nonfinite_skips": self.nonfinite_skips, "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _phase_name(self) -> str:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,8 +28,13 @@ from gdis.config import load_config
 from gdis.engine import Trainer
 from gdis.models import mask_rcnn
 
-config_file, split_dir, images, out_dir, states = sys.argv[1:]
+config_file, split_dir, images, out_dir, states, norm = sys.argv[1:]
 build_tiny = mask_rcnn.build_tiny
+if norm == "batch":  # the tiny body with batch norm: statistics that each process computes on its own images
+    def conv_with_batch_norm(in_channels, out_channels, stride):
+        return torch.nn.Sequential(torch.nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+                                   torch.nn.BatchNorm2d(out_channels), torch.nn.ReLU(inplace=True))
+    mask_rcnn._conv = conv_with_batch_norm
 
 def build_without_sampling(num_classes, model_config):
     net = build_tiny(num_classes, model_config)
@@ -99,29 +105,62 @@ def test_preemption_signal_is_recorded_not_fatal(signum):
     assert signal.getsignal(signum) == before
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(micro_config_file, micro_dataset, tmp_path):
+def _worker_args(micro_config_file, micro_dataset, tmp_path, preset: str | None = None) -> list[str]:
     config = yaml.safe_load(micro_config_file.read_text())
+    if preset:
+        overlay = yaml.safe_load((REPO / "config" / "presets" / preset).read_text())
+        for section, values in overlay.items():
+            config[section] = {**config.get(section, {}), **values}
     config["train"]["augment"] = {"flip_probability": 0.0, "color_jitter_probability": 0.0,
                                   "grayscale_probability": 0.0, "blur_probability": 0.0}
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     write_split(micro_dataset / "annotations" / "train.json", tmp_path / "split", 25, fold=1, seed=0)
-    args = [str(config_file), str(tmp_path / "split"), str(micro_dataset / "train")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    single = subprocess.Popen([sys.executable, "-c", WORKER, *args, str(tmp_path / "one"), str(tmp_path / "one")],
-                              env=env, stderr=subprocess.PIPE, text=True)
-    two = subprocess.run(["torchrun", "--standalone", "--nproc-per-node=2", "--no-python", sys.executable, "-c",
-                          WORKER, *args, str(tmp_path / "two"), str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert single.wait(timeout=600) == 0, single.stderr.read()[-3000:]
+    return [str(config_file), str(tmp_path / "split"), str(micro_dataset / "train")]
 
-    rank0, rank1 = (torch.load(tmp_path / f"two.rank{r}", weights_only=True) for r in (0, 1))
-    one = torch.load(tmp_path / "one.rank0", weights_only=True)
+
+def _environment() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _two_processes(args: list[str], out: Path, norm: str) -> tuple[dict, dict]:
+    two = subprocess.run(["torchrun", "--standalone", "--nproc-per-node=2", "--no-python", sys.executable, "-c",
+                          WORKER, *args, str(out), str(out), norm],
+                         env=_environment(), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rank0, rank1 = (torch.load(f"{out}.rank{r}", weights_only=True) for r in (0, 1))
     for network in ("student", "ema_teacher"):
         for key, value in rank0[network].items():
             assert torch.equal(value, rank1[network][key]), f"{network}.{key} differs between the ranks"
+    return rank0, rank1
+
+
+@pytest.mark.slow
+def test_batch_norm_statistics_stay_identical_across_processes(micro_config_file, micro_dataset, tmp_path):
+    """Each process normalises its own images, so only the buffer broadcast keeps the networks equal."""
+    rank0, _ = _two_processes(_worker_args(micro_config_file, micro_dataset, tmp_path), tmp_path / "two", "batch")
+    statistics = [key for key in rank0["student"] if key.endswith("running_mean")]
+    assert statistics, "the worker's model has no batch norm"
+    assert any(not torch.equal(rank0["initial"][key], rank0["student"][key]) for key in statistics)
+    assert any(not torch.equal(rank0["initial"][key], rank0["ema_teacher"][key]) for key in statistics)
+
+
+@pytest.mark.slow
+def test_mask2former_trains_under_ddp_without_unused_parameters(micro_config_file, micro_dataset, tmp_path):
+    """Every trainable Mask2Former parameter gets a gradient each step, as DDP without find_unused_parameters needs."""
+    args = _worker_args(micro_config_file, micro_dataset, tmp_path, preset="mask2former_tiny_cpu.yaml")
+    rank0, _ = _two_processes(args, tmp_path / "two", "group")
+    assert any(not torch.equal(rank0["initial"][k], v) for k, v in rank0["student"].items())
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(micro_config_file, micro_dataset, tmp_path):
+    args = _worker_args(micro_config_file, micro_dataset, tmp_path)
+    single = subprocess.Popen([sys.executable, "-c", WORKER, *args, str(tmp_path / "one"), str(tmp_path / "one"),
+                               "group"], env=_environment(), stderr=subprocess.PIPE, text=True)
+    rank0, _ = _two_processes(args, tmp_path / "two", "group")
+    assert single.wait(timeout=600) == 0, single.stderr.read()[-3000:]
+    one = torch.load(tmp_path / "one.rank0", weights_only=True)
     # Only rank 0 wrote the run's files.
     assert (tmp_path / "two" / "model_final.pt").exists()
     written = torch.load(tmp_path / "two" / "model_final.pt", weights_only=True)

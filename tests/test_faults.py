@@ -18,10 +18,13 @@ import resource
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +34,7 @@ import torch
 import yaml
 from PIL import Image
 
-from gdis.check_dataset import ANNOTATION_ERRORS, IMAGE_ERRORS, NOTES, check_dataset, usable_coco
+from gdis.check_dataset import ANNOTATION_ERRORS, IMAGE_ERRORS, NOTES, POLICIES, check_dataset, usable_coco
 from gdis.coco import DatasetError, encode_mask
 from gdis.config import ConfigError, load_config, validate_config
 from gdis.data import CocoInstances, read_image
@@ -66,8 +69,9 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def dataset(tiny_dataset, tmp_path) -> tuple[Path, dict]:
+def dataset(tiny_dataset, tmp_path, monkeypatch) -> tuple[Path, dict]:
     """A private copy of the tiny dataset and its training annotations, to break."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after a breaker lowers it
     root = tmp_path / "dataset"
     shutil.copytree(tiny_dataset, root)
     return root, json.loads((root / "annotations" / "train.json").read_text())
@@ -103,6 +107,26 @@ def _exif_rotated(path: Path) -> None:
 
 def _set(obj: dict, key: str, value) -> None:
     obj[key] = value
+
+
+BOMB_SIDE = 14000  # 196M pixels: over 2 x PIL.Image.MAX_IMAGE_PIXELS (~179M), so Pillow refuses to open it
+
+
+def _flat_png(path: Path, side: int = BOMB_SIDE) -> None:
+    """A real, valid black 8-bit grayscale PNG of side x side pixels; a flat image compresses to ~1/1000."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+    compressor, row = zlib.compressobj(9), bytes(side + 1)  # filter byte 0, then the row
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def _outside(root: Path, coco: dict, absolute: bool) -> None:
+    """Point image 0 at a real, readable copy of its file outside the images folder."""
+    outside = root / "outside.png"
+    shutil.copy(_image_file(root, coco), outside)
+    coco["images"][0]["file_name"] = str(outside) if absolute else "../outside.png"
 
 
 def _collinear(coco: dict) -> None:
@@ -143,6 +167,9 @@ IMAGE_CASES = [
     ("corrupt image data", "corrupt_image", lambda root, coco: _image_file(root, coco).write_bytes(
         _image_file(root, coco).read_bytes()[:200] + bytes(64) + _image_file(root, coco).read_bytes()[264:])),
     ("size mismatch with the JSON", "size_mismatch", lambda root, coco: _set(coco["images"][0], "width", 40)),
+    ("decompression bomb", "decompression_bomb", lambda root, coco: _flat_png(_image_file(root, coco))),
+    ("file_name going up out of the folder", "file_outside_images", lambda root, coco: _outside(root, coco, False)),
+    ("absolute file_name", "file_outside_images", lambda root, coco: _outside(root, coco, True)),
     ("image without file_name", "image_missing_field", lambda root, coco: coco["images"][0].pop("file_name")),
     ("image id not an integer", "image_missing_field", lambda root, coco: _set(coco["images"][0], "id", "one")),
     ("zero image height", "image_bad_size", lambda root, coco: _set(coco["images"][0], "height", 0)),
@@ -172,7 +199,8 @@ ANNOTATION_CASES = [
     ("bbox with infinity", "bad_bbox", lambda root, coco: _set(_first_ann(coco), "bbox", [1, 2, float("inf"), 3])),
     ("zero-width bbox", "degenerate_bbox", lambda root, coco: _set(_first_ann(coco), "bbox", [1, 2, 0, 3])),
     ("bbox outside the image", "bbox_outside_image", lambda root, coco: _set(_first_ann(coco), "bbox", [20, 20, 50, 50])),
-    ("annotation without area", "bad_area", lambda root, coco: _first_ann(coco).pop("area")),
+    ("negative area", "bad_area", lambda root, coco: _set(_first_ann(coco), "area", -1.0)),
+    ("area not a number", "bad_area", lambda root, coco: _set(_first_ann(coco), "area", "12")),
     ("iscrowd of 2", "bad_iscrowd", lambda root, coco: _set(_first_ann(coco), "iscrowd", 2)),
 ]
 NOTE_CASES = [
@@ -184,6 +212,10 @@ NOTE_CASES = [
     ("16-bit image", "sixteen_bit_image", lambda root, coco: _sixteen_bit(_image_file(root, coco))),
     ("EXIF-rotated image", "exif_rotated", lambda root, coco: _exif_rotated(_image_file(root, coco))),
     ("CMYK image", "other_color_mode", lambda root, coco: _rewrite(_image_file(root, coco), "CMYK", format="JPEG")),
+    ("annotation without area", "missing_area", lambda root, coco: _first_ann(coco).pop("area")),
+    ("annotation with a null area", "missing_area", lambda root, coco: _set(_first_ann(coco), "area", None)),
+    # 32 x 32 = 1024 pixels: over the limit (Pillow warns), not over twice the limit (Pillow refuses).
+    ("image over MAX_IMAGE_PIXELS", "large_image", lambda root, coco: setattr(Image, "MAX_IMAGE_PIXELS", 600)),
 ]
 
 
@@ -227,8 +259,12 @@ def test_bad_dataset_input(dataset, name, kind, breaker):
         assert report["skipped_images"] == kinds.count(kind)
         assert finding["image_id"] == first_image["id"] or kind == "image_missing_field"
         assert f"image {first_image['id']}" in finding["message"] or f"images[0]" in finding["message"]
-        if kind in ("missing_file", "unreadable_file", "corrupt_image", "size_mismatch"):
+        if kind in ("missing_file", "unreadable_file", "corrupt_image", "size_mismatch", "decompression_bomb"):
             assert finding["file"] == str(images / first_image["file_name"]) and finding["file"] in finding["message"]
+        if kind == "decompression_bomb":
+            assert f"{BOMB_SIDE * BOMB_SIDE} pixels" in finding["message"] and "decompression bomb" in finding["message"]
+        if kind == "file_outside_images":
+            assert finding["file"].endswith("outside.png") and repr(finding["file"]) in finding["message"]
     else:
         assert kind in ANNOTATION_ERRORS and set(kinds) == {kind}
         assert report["skipped_images"] == 0 and report["skipped_annotations"] == len(report["errors"])
@@ -243,13 +279,19 @@ def test_bad_dataset_input(dataset, name, kind, breaker):
 
 
 @pytest.mark.parametrize("name, kind, breaker", NOTE_CASES, ids=[c[0] for c in NOTE_CASES])
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # read_image below, as training reads it
 def test_handled_dataset_oddity(dataset, name, kind, breaker):
     """Notes do not stop a run; the reader handles the image correctly."""
     root, original = _break(dataset, breaker)
     annotations, images = root / "annotations" / "train.json", root / "train"
-    report = check_dataset(annotations, images, "fail")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the check turns Pillow's warnings into notes, also under -W error
+        report = check_dataset(annotations, images, "fail")
     assert not report["errors"] and report["skipped_images"] == report["skipped_annotations"] == 0
     assert kind in [f["kind"] for f in report["notes"]]
+    if kind == "missing_area":  # computed from the segmentation, and in what splits and evaluation read
+        assert report["computed_areas"] == {"0": float(_first_ann(original)["area"])}
+        assert usable_coco(annotations, report)["annotations"][0]["area"] == _first_ann(original)["area"]
     info = original["images"][0]
     pixels = read_image(images / info["file_name"], info)
     assert pixels.shape == (3, info["height"], info["width"])
@@ -257,6 +299,25 @@ def test_handled_dataset_oddity(dataset, name, kind, breaker):
         assert torch.equal(pixels[0], pixels[1]) and torch.equal(pixels[1], pixels[2])
         assert 0 < int(pixels.float().mean()) < 250, "16-bit pixels must be scaled, not saturated"
     _read_everything(usable_coco(annotations, report), images)
+    TALLY["bad dataset input"] += 1
+
+
+def test_computed_area_is_what_evaluation_reads(dataset, tmp_path):
+    """pycocotools' COCOeval needs every ground-truth area (its area ranges); the checked file has them."""
+    from gdis.evaluate import coco_metrics
+
+    root, _ = dataset
+    path = root / "annotations" / "val.json"
+    coco = json.loads(path.read_text())
+    results = [{key: ann[key] for key in ("image_id", "category_id", "segmentation", "bbox")} | {"score": 1.0}
+               for ann in coco["annotations"]]
+    write_json(tmp_path / "results.json", results)
+    _without_areas(root, coco)
+    path.write_text(json.dumps(coco))
+    with pytest.raises(KeyError, match="area"):
+        coco_metrics(coco, tmp_path / "results.json", "pycocotools")
+    usable = usable_coco(path, check_dataset(path, root / "val", "fail"))
+    assert coco_metrics(usable, tmp_path / "results.json", "pycocotools")["mask_AP"] == pytest.approx(100.0)
     TALLY["bad dataset input"] += 1
 
 
@@ -348,6 +409,70 @@ def test_skip_policy_through_the_cli_is_recorded_in_run_json(dataset, micro_conf
                  "--out-dir", str(tmp_path / "split2"), "--dataset-check", str(report)]) == 1
     assert "changed since it was checked" in capsys.readouterr().err
     TALLY["skip-and-count run"] += 1
+
+
+def test_symlinked_images_folder_and_files_are_not_outside(dataset):
+    """A linked images folder, and files in it that are links (DataLad, DVC caches), are not file_outside_images."""
+    root, coco = dataset
+    store = root / "store"
+    store.mkdir()
+    shutil.move(_image_file(root, coco), store / "0.png")
+    _image_file(root, coco).symlink_to(store / "0.png")
+    (root / "linked").symlink_to(root / "train", target_is_directory=True)
+    report = check_dataset(root / "annotations" / "train.json", root / "linked", "fail")
+    assert not report["errors"] and "file_outside_images" not in report["counts"]
+    TALLY["bad dataset input"] += 1
+
+
+def _without_areas(root: Path, coco: dict) -> None:
+    for ann in coco["annotations"]:
+        del ann["area"]
+
+
+# (name, kind, breaker, what the message says): each new kind of bad input through `gdis check-dataset` and Snakemake.
+END_TO_END_CASES = [
+    ("decompression bomb", "decompression_bomb", lambda root, coco: _flat_png(_image_file(root, coco)),
+     f"has {BOMB_SIDE * BOMB_SIDE} pixels, over Pillow's limit"),
+    ("file_name outside the images folder", "file_outside_images", lambda root, coco: _outside(root, coco, False),
+     "file_name '../outside.png' has a '..' part"),
+    ("annotations without area", "missing_area", _without_areas, "has no area"),
+]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name, kind, breaker, says", END_TO_END_CASES, ids=[c[0] for c in END_TO_END_CASES])
+def test_new_bad_inputs_through_the_gdis_command(dataset, tmp_path, name, kind, breaker, says, policy):
+    """fail: exit 1 with the named problem, no traceback, no report; skip: left out and counted; a note: neither."""
+    root, original = _break(dataset, breaker)
+    annotations, report = root / "annotations" / "train.json", tmp_path / "check.json"
+    result = subprocess.run(["gdis", "check-dataset", "--annotations", str(annotations), "--images", str(root / "train"),
+                             "--on-bad-input", policy, "--report", str(report)], capture_output=True, text=True,
+                            timeout=300)
+    assert "Traceback" not in result.stderr, result.stderr
+    image = original["images"][0]
+    if kind in NOTES:
+        assert result.returncode == 0, result.stderr
+        checked = json.loads(report.read_text())
+        assert checked["counts"][kind] == len(original["annotations"]) and not checked["errors"]
+        assert checked["skipped_images"] == checked["skipped_annotations"] == 0
+        assert f"note: annotation {original['annotations'][0]['id']} (image {image['id']}) {says}" in result.stderr
+        usable = usable_coco(annotations, checked)
+        assert [ann["area"] for ann in usable["annotations"]] == [ann["area"] for ann in original["annotations"]]
+    elif policy == "fail":
+        assert result.returncode == 1
+        assert f"gdis check-dataset: error: {annotations}: 1 problem(s) make 1 image(s)" in result.stderr
+        assert f"image {image['id']}: " in result.stderr and says in result.stderr
+        assert not report.exists()
+    else:
+        assert result.returncode == 0, result.stderr
+        checked = json.loads(report.read_text())
+        assert [f["kind"] for f in checked["errors"]] == [kind] and checked["errors"][0]["image_id"] == image["id"]
+        assert checked["skipped_images"] == 1 and checked["excluded_image_indices"] == [0]
+        assert f"skipped: image {image['id']}: " in result.stderr and says in result.stderr
+        assert "skipped 1 image(s)" in result.stderr
+        usable = usable_coco(annotations, checked)
+        assert image["id"] not in [i["id"] for i in usable["images"]]
+    TALLY["bad dataset input"] += 1
 
 
 def test_the_table_of_cases_is_big_enough():
@@ -689,4 +814,54 @@ def test_pipeline_checks_the_dataset_before_any_split(workflow_copy, micro_datas
     manifest = json.loads((workflow_copy / target).read_text())
     assert manifest["num_images"] == len(coco["images"]) - 1
     assert manifest["dataset_check"]["skipped_images"] == 1
+    TALLY["pipeline runs with a broken dataset"] += 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kind, breaker, says", END_TO_END_CASES, ids=[c[0] for c in END_TO_END_CASES])
+def test_pipeline_handles_new_bad_inputs(workflow_copy, micro_dataset, name, kind, breaker, says):
+    """Snakemake: a bomb or an outside file_name stops check_dataset (fail) without a traceback and is left out
+    (skip); annotations without area go through either way, with their computed area in the split."""
+    dataset = workflow_copy / "mine"
+    shutil.copytree(micro_dataset, dataset)
+    coco = json.loads((dataset / "annotations" / "train.json").read_text())
+    _, original = _break((dataset, coco), breaker)
+    image = original["images"][0]
+    paths = {"train_images": "mine/train", "train_annotations": "mine/annotations/train.json",
+             "val_images": "mine/val", "val_annotations": "mine/annotations/val.json"}
+    (workflow_copy / "mine.yaml").write_text(yaml.safe_dump({"dataset": {"name": "micro", "source": "coco", **paths}}))
+    (workflow_copy / "skip.yaml").write_text("dataset:\n  on_bad_input: skip\n")
+    target = "results/splits/micro/25pct/fold1/manifest.json"
+    log = workflow_copy / "results" / "logs" / "micro" / "check_dataset" / "train.log"
+
+    def snakemake(*configs):
+        return subprocess.run(["snakemake", target, "--cores", "1", "--configfile", "config/micro.yaml", "mine.yaml",
+                               *configs], cwd=workflow_copy, capture_output=True, text=True, timeout=600)
+
+    if kind in NOTES:
+        passed = snakemake()  # dataset.on_bad_input: fail
+        assert passed.returncode == 0, passed.stderr[-3000:]
+        assert f"note: annotation {original['annotations'][0]['id']} (image {image['id']}) {says}" in log.read_text()
+        manifest = json.loads((workflow_copy / target).read_text())
+        assert manifest["num_images"] == len(original["images"]) and manifest["dataset_check"]["skipped_images"] == 0
+        labeled = json.loads((workflow_copy / target).with_name("labeled.json").read_text())
+        area = {ann["id"]: ann["area"] for ann in original["annotations"]}
+        assert labeled["annotations"] and all(ann["area"] == area[ann["id"]] for ann in labeled["annotations"])
+        TALLY["pipeline runs with a broken dataset"] += 1
+        return
+
+    failed = snakemake()
+    assert failed.returncode != 0
+    text = log.read_text()
+    assert "Traceback" not in text and f"gdis check-dataset: error: " in text
+    assert f"image {image['id']}: " in text and says in text
+    assert not (workflow_copy / "results" / "splits").exists()
+
+    skipped = snakemake("skip.yaml")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert "Traceback" not in log.read_text()
+    manifest = json.loads((workflow_copy / target).read_text())
+    assert manifest["num_images"] == len(original["images"]) - 1
+    assert manifest["dataset_check"]["skipped_images"] == 1
+    assert manifest["dataset_check"]["errors_by_kind"] == {kind: 1}
     TALLY["pipeline runs with a broken dataset"] += 2

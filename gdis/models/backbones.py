@@ -1,7 +1,8 @@
 """Mask2Former backbones: each gives four feature maps, at strides 4, 8, 16 and 32, and their channel counts.
 
 - ``tiny``: the small group-normalised CNN of the Mask R-CNN demo, for CPU runs and tests;
-- ``resnet50``: torchvision's ResNet-50 (frozen batch norm when pre-trained weights are loaded);
+- ``resnet50``: torchvision's ResNet-50, its batch norm and frozen stages as ``model.norm`` and
+  ``model.frozen_stages`` say (``resnet50_body``; by default frozen statistics under pre-trained weights);
 - ``swin_tiny|small|base|large``: Hugging Face transformers' Swin, with a layer norm on each output;
 - ``dinov2_vits14|vitb14|vitl14``: Hugging Face transformers' DINOv2 ViT and a simple feature pyramid
   (ViTDet style) that turns its single-scale output into the four scales the pixel decoder needs.
@@ -18,6 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -103,28 +105,101 @@ class ViTSimplePyramid(nn.Module):
 class BackboneSpec:
     """How to build a backbone and where its published pre-trained weights are."""
 
-    build: Callable[[bool], nn.Module]
+    build: Callable[[dict], nn.Module]  # from the model config (model.* keys)
     torchvision_weights: object = None  # a torchvision weights enum, cached under TORCH_HOME
     hub_repo: str | None = None  # a Hugging Face hub repository, cached under HF_HOME
     imagenet: bool = False  # whether those published weights are ImageNet weights
 
 
-def _tiny(pretrained: bool) -> nn.Module:
+def _tiny(model_config: dict) -> nn.Module:
     return ConvBackbone(TinyBody(), STAGES, list(TINY_WIDTHS))
 
 
-def _resnet50(pretrained: bool) -> nn.Module:
-    # As torchvision's detection models: frozen statistics under pre-trained weights, batch norm from scratch.
-    norm = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
-    return ConvBackbone(resnet50(weights=None, norm_layer=norm), RESNET_STAGES, [256, 512, 1024, 2048])
+# -- ResNet-50: normalisation and frozen stages (model.norm, model.frozen_stages) -------------------------
+NORMS = ("frozen", "batch", "sync")
+# detectron2's five ResNet stages, in the order MODEL.BACKBONE.FREEZE_AT counts them: the stem, then res2-res5.
+RESNET_FREEZE_ORDER = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+# The stages frozen by default under pre-trained weights (model.frozen_stages null), per architecture:
+# - mask2former: 0, as the reference: MODEL.BACKBONE.FREEZE_AT: 0 in GuidedDistillation's (and Mask2Former's)
+#   configs/coco/instance-segmentation/Base-COCO-InstanceSegmentation.yaml and
+#   configs/cityscapes/instance-segmentation/Base-Cityscapes-InstanceSegmentation.yaml;
+# - mask_rcnn: 2 (stem + res2 / layer1), detectron2's default MODEL.BACKBONE.FREEZE_AT (GuidedDistillation's
+#   config/defaults.py), which is torchvision's trainable_backbone_layers=3 for pre-trained detection backbones.
+REFERENCE_FROZEN_STAGES = {"mask_rcnn": 2, "mask2former": 0}
+
+
+def resnet_norm(model_config: dict) -> str:
+    """``model.norm`` resolved: 'auto' is 'frozen' under pre-trained weights (model.backbone_weights), else 'batch'.
+
+    'frozen' is detectron2's default MODEL.RESNETS.NORM "FrozenBN" (GuidedDistillation's config/defaults.py;
+    its COCO base config leaves it), 'sync' its "SyncBN" of the Cityscapes base config.
+    """
+    norm = model_config.get("norm", "auto")
+    if norm == "auto":
+        return "frozen" if model_config["backbone_weights"] else "batch"
+    if norm not in NORMS:
+        raise ValueError(f"model.norm: {norm!r} is none of auto, {', '.join(NORMS)}")
+    return norm
+
+
+def resnet_frozen_stages(model_config: dict) -> int:
+    """``model.frozen_stages`` resolved: null is the architecture's reference under pre-trained weights, else 0."""
+    stages = model_config.get("frozen_stages")
+    if stages is None:
+        return REFERENCE_FROZEN_STAGES[model_config["arch"]] if model_config["backbone_weights"] else 0
+    if not 0 <= stages <= len(RESNET_FREEZE_ORDER):
+        raise ValueError(f"model.frozen_stages: {stages} is not between 0 and {len(RESNET_FREEZE_ORDER)}")
+    return stages
+
+
+def frozen_batch_norm(norm: nn.Module) -> FrozenBatchNorm2d:
+    """A FrozenBatchNorm2d holding the statistics and affine parameters of the batch-norm layer ``norm``."""
+    frozen = FrozenBatchNorm2d(norm.num_features, eps=norm.eps)
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            if getattr(norm, name) is not None:
+                getattr(frozen, name).copy_(getattr(norm, name))
+    return frozen
+
+
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """``module`` with every batch-norm layer in it replaced by its FrozenBatchNorm2d (detectron2's freeze())."""
+    if isinstance(module, _BatchNorm):
+        return frozen_batch_norm(module)
+    for name, child in module.named_children():
+        setattr(module, name, freeze_batch_norm(child))
+    return module
+
+
+def resnet50_body(model_config: dict) -> nn.Module:
+    """torchvision's ResNet-50 normalised and frozen as ``model.norm`` and ``model.frozen_stages`` say.
+
+    'frozen' builds it as torchvision's pre-trained detection models do (``norm_layer=FrozenBatchNorm2d``);
+    'batch' and 'sync' with BatchNorm2d (then SyncBatchNorm). The first frozen stages (0: none; 1: the stem;
+    2: the stem and layer1, ...; 5: all) do not train: their parameters need no gradient and their batch
+    norm becomes FrozenBatchNorm2d, so their statistics never move either (detectron2's FREEZE_AT).
+    """
+    norm, stages = resnet_norm(model_config), resnet_frozen_stages(model_config)
+    body = resnet50(weights=None, norm_layer=FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d)
+    for stage in RESNET_FREEZE_ORDER[:stages]:
+        for name in stage:
+            part = getattr(body, name)
+            part.requires_grad_(False)
+            setattr(body, name, freeze_batch_norm(part))
+    # torch's SyncBatchNorm: statistics over all processes' images on GPUs (NCCL); in one process, BatchNorm.
+    return nn.SyncBatchNorm.convert_sync_batchnorm(body) if norm == "sync" else body
+
+
+def _resnet50(model_config: dict) -> nn.Module:
+    return ConvBackbone(resnet50_body(model_config), RESNET_STAGES, [256, 512, 1024, 2048])
 
 
 def _swin(embed_dim, depths, num_heads, window_size, image_size):
-    return lambda pretrained: SwinFeatures(embed_dim, depths, num_heads, window_size, image_size)
+    return lambda model_config: SwinFeatures(embed_dim, depths, num_heads, window_size, image_size)
 
 
 def _dinov2(hidden_size, num_layers, num_heads):
-    return lambda pretrained: ViTSimplePyramid(hidden_size, num_layers, num_heads)
+    return lambda model_config: ViTSimplePyramid(hidden_size, num_layers, num_heads)
 
 
 BACKBONES = {
@@ -144,6 +219,6 @@ BACKBONES = {
 }
 
 
-def build_backbone(name: str, pretrained: bool) -> nn.Module:
-    """The backbone ``name``; ``pretrained`` says whether weights will be loaded (it picks ResNet's norm layer)."""
-    return BACKBONES[name].build(pretrained)
+def build_backbone(name: str, model_config: dict) -> nn.Module:
+    """The backbone ``name`` for ``model_config`` (ResNet's norm and frozen stages depend on model.backbone_weights)."""
+    return BACKBONES[name].build(model_config)

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
@@ -53,12 +54,29 @@ def build_hf_model(num_labels: int, settings: dict, backbone: nn.Module):
         use_auxiliary_loss=True,
     )
     net = Mask2FormerForUniversalSegmentation(config)
+    net.criterion.get_num_masks = average_num_masks  # the reference's normaliser, over torch.distributed processes
     pixel_level = net.model.pixel_level_module
     pixel_level.encoder = _FeatureMaps(backbone)
     pixel_level.decoder = Mask2FormerPixelDecoder(config, feature_channels=backbone.channels)
     for module in pixel_level.decoder.modules():
         net._init_weights(module)
     return net
+
+
+def average_num_masks(class_labels: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The set loss's normaliser: the number of target masks of the batch, averaged over the processes, at least 1.
+
+    As the reference's criterion (Mask2Former's and Guided Distillation's mask2former/modeling/criterion.py,
+    SetCriterion.forward): num_masks all-reduced (summed) over the processes when torch.distributed is
+    initialised, divided by the world size, clamped to min 1. Every process then divides its mask and dice
+    losses by the same number, so DDP's average of the gradients weighs each target mask alike.
+    """
+    num_masks = torch.as_tensor(float(sum(len(classes) for classes in class_labels)), device=device)
+    world_size = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num_masks)
+        world_size = dist.get_world_size()
+    return torch.clamp(num_masks / world_size, min=1)
 
 
 class _FeatureMaps(nn.Module):
@@ -138,7 +156,7 @@ class Mask2FormerSegmenter(nn.Module):
         super().__init__()
         self.backbone_name = model_config["backbone"]
         settings = model_config["mask2former"]
-        backbone = build_backbone(self.backbone_name, pretrained=bool(model_config["backbone_weights"]))
+        backbone = build_backbone(self.backbone_name, model_config)
         self.net = build_hf_model(num_classes - 1, settings, backbone)
         self.train_sizes = tuple(model_config["min_size"])
         self.test_size = model_config["test_size"]

@@ -1,7 +1,8 @@
 """torchvision's Mask R-CNN behind the gdis architecture interface.
 
 Two backbones: ``tiny``, a small group-normalised CNN with an FPN that trains in minutes on
-a CPU (for the built-in dataset and tests), and ``resnet50_fpn``, the standard one.
+a CPU (for the built-in dataset and tests), and ``resnet50_fpn``, the standard one (its batch norm
+and frozen stages: ``model.norm``, ``model.frozen_stages``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights
-from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
@@ -85,11 +86,19 @@ def build_tiny(num_classes: int, model_config: dict) -> MaskRCNN:
 
 
 def build_resnet50_fpn(num_classes: int, model_config: dict) -> MaskRCNN:
-    return maskrcnn_resnet50_fpn(
-        weights=None,
-        weights_backbone=None,
+    """torchvision's Mask R-CNN ResNet-50 FPN, built as its pre-trained path does when backbone weights will load.
+
+    That is ``resnet50(norm_layer=FrozenBatchNorm2d)`` and ``_resnet_fpn_extractor`` with
+    ``trainable_backbone_layers=3`` (stem and layer1 frozen); from scratch, batch norm and every layer
+    trains (``model.norm`` and ``model.frozen_stages`` override both, see ``backbones.resnet50_body``).
+    """
+    from gdis.models.backbones import RESNET_FREEZE_ORDER, resnet50_body, resnet_frozen_stages  # imports this module
+
+    body = resnet50_body(model_config)  # weights load into it later (load_backbone_weights)
+    trainable_layers = len(RESNET_FREEZE_ORDER) - resnet_frozen_stages(model_config)
+    return MaskRCNN(
+        _resnet_fpn_extractor(body, trainable_layers),
         num_classes=num_classes,
-        trainable_backbone_layers=3 if model_config["backbone_weights"] else 5,
         min_size=tuple(model_config["min_size"]),
         max_size=model_config["max_size"],
         box_detections_per_img=model_config["detections_per_image"],
