@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from gdis import __version__
+from gdis.distill import METHODS
 
 log = logging.getLogger("gdis")
 
@@ -313,12 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(func=cmd_split)
 
     sub = commands.add_parser(
-        "train", help="train one network: supervised, standard_burnin or guided_distillation",
+        "train", help=f"train one network: {', '.join(list(METHODS)[:-1])} or {list(METHODS)[-1]}",
         description="Train one network. Started by torchrun (one process per GPU), the processes share each "
                     "global batch. SIGTERM or SIGUSR1 saves a checkpoint and stops (under Slurm: requeues the job); "
                     "rerunning the same command resumes.")
     _add_config(sub)
-    sub.add_argument("--method", required=True, choices=["supervised", "standard_burnin", "guided_distillation"])
+    sub.add_argument("--method", required=True, choices=list(METHODS))
     sub.add_argument("--label-percent", type=_percent, required=True)
     sub.add_argument("--fold", type=int, required=True)
     sub.add_argument("--split-dir", required=True, help="folder written by 'gdis split'")

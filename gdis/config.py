@@ -11,13 +11,10 @@ from typing import Iterable
 import jsonschema
 import yaml
 
+from gdis.distill import DISTILLATION_METHODS, METHODS, SUPERVISED
+from gdis.models import ARCH_BACKBONES  # arch -> backbone names; the schema's enums repeat them (tests/test_config.py)
+
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
-DISTILLATION_METHODS = ("standard_burnin", "guided_distillation")
-ARCH_BACKBONES = {
-    "mask_rcnn": ("tiny", "resnet50_fpn"),
-    "mask2former": ("tiny", "resnet50", "swin_tiny", "swin_small", "swin_base", "swin_large", "dinov2_vits14",
-                    "dinov2_vitb14", "dinov2_vitl14"),
-}
 # Backbones with batch norm, which model.norm and model.frozen_stages apply to (the others ignore model.norm).
 BATCH_NORM_BACKBONES = ("resnet50_fpn", "resnet50")
 
@@ -137,8 +134,9 @@ def _check_cross_fields(config: dict) -> None:
             f"train.burn_in: {train['burn_in']} must be below train.iterations ({train['iterations']}), "
             "or distillation never starts"
         )
-    if "guided_distillation" in config["methods"] and "supervised" not in config["methods"]:
-        problems.append("methods: guided_distillation needs 'supervised' too (its pre-trained teacher)")
+    for method in config["methods"]:
+        if METHODS[method].needs_teacher and SUPERVISED not in config["methods"]:
+            problems.append(f"methods: {method} needs '{SUPERVISED}' too (its pre-trained teacher)")
     if any(step > train["iterations"] for step in train["lr_steps"]):
         problems.append(f"train.lr_steps: {train['lr_steps']} has a step beyond train.iterations ({train['iterations']})")
     problems += _training_problems(config)

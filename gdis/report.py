@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import markdown
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -16,21 +17,21 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
 from gdis.config import format_percent
+from gdis.distill import METHODS
 from gdis.io import atomic_path, read_json, write_text
 from gdis.published import published_for
 
 TABLE_COLUMNS = ["dataset", "arch", "backbone", "weights", "protocol", "method", "label_percent", "fold", "model",
                  "iteration", "mask_AP", "mask_AP50", "mask_AP75", "mask_APs", "mask_APm", "mask_APl", "box_AP", "box_AP50", "box_AP75"]
-METHOD_ORDER = ["supervised", "standard_burnin", "guided_distillation"]
+METHOD_ORDER = list(METHODS)  # the order of the table in gdis/distill.py: rows of the tables, lines of the plots
 MODEL_ORDER = ["student", "ema_teacher"]
 CONFIG_COLUMNS = ["dataset", "arch", "backbone", "weights", "protocol"]
 AP_COLUMNS = TABLE_COLUMNS[TABLE_COLUMNS.index("mask_AP"):]
 # The published mask AP of the same dataset, method and label percentage, beside ours (gdis/published_results.yaml).
 PAPER_COLUMNS = ["paper_mask_AP", "paper_entry"]
 CSV_COLUMNS = TABLE_COLUMNS + PAPER_COLUMNS
-METHOD_COLORS = {"supervised": "tab:gray", "standard_burnin": "tab:blue", "guided_distillation": "tab:red"}
-METHOD_NAMES = {"supervised": "supervised", "standard_burnin": "standard burn-in",
-                "guided_distillation": "guided distillation"}
+METHOD_COLORS = {name: method.color for name, method in METHODS.items()}
+METHOD_NAMES = {name: method.label for name, method in METHODS.items()}
 MODEL_NAMES = {"student": "student", "ema_teacher": "EMA teacher"}
 CURVE_PANELS = [("loss", "total loss"), ("loss_supervised", "supervised loss"),
                 ("loss_unsupervised", "unsupervised loss"), ("pseudo_labels_per_image", "pseudo-labels per image"),
@@ -152,33 +153,15 @@ def render_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def markdown_to_html(markdown: str) -> str:
-    """A self-contained HTML page of ``render_markdown``'s output: headings, paragraphs and pipe tables."""
-    body, rows = [], []
+def markdown_to_html(text: str) -> str:
+    """A self-contained HTML page of ``render_markdown``'s output (Python-Markdown with its tables extension).
 
-    def flush_table() -> None:
-        if rows:
-            header, *data = rows
-            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in data)
-                        + "</table>")
-            rows.clear()
-
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-            if not all(set(cell) <= set("-:") for cell in cells):
-                rows.append(cells)
-            continue
-        flush_table()
-        if line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    flush_table()
+    The text is escaped first: a dataset or published entry's name is shown as written, never read as HTML.
+    """
+    body = markdown.markdown(html.escape(text, quote=False), extensions=["tables"], output_format="html")
     style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
-             "th,td{border:1px solid #bbb;padding:4px 10px}td{text-align:right}td:first-child,td:nth-child(2){text-align:left}")
-    return f"<!doctype html><html><head><meta charset=\"utf-8\"><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+             "th,td{border:1px solid #bbb;padding:4px 10px}")
+    return f"<!doctype html><html><head><meta charset=\"utf-8\"><style>{style}</style></head><body>{body}</body></html>\n"
 
 
 def write_table(metric_files: Iterable[str | os.PathLike], csv_path: str | os.PathLike,
@@ -205,9 +188,8 @@ def plot_ap_vs_labels(table: pd.DataFrame, png_path: str | os.PathLike, title: s
     configs = table[CONFIG_COLUMNS].drop_duplicates()
     if len(configs) > 1:
         raise ValueError(f"table mixes {len(configs)} dataset/arch/backbone/weights configurations; plot one at a time")
-    series = [(method, "student" if method == "supervised" else model)
-              for method in METHOD_ORDER for model in ["ema_teacher", "student"]
-              if method != "supervised" or model == "student"]
+    series = [(method, model) for method in METHOD_ORDER
+              for model in (["ema_teacher", "student"] if METHODS[method].distills else ["student"])]
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
     axes = figure.add_subplot()
     plotted = []
@@ -216,8 +198,8 @@ def plot_ap_vs_labels(table: pd.DataFrame, png_path: str | os.PathLike, title: s
         if rows.empty:
             continue
         stats = rows.groupby("label_percent")["mask_AP"].agg(["mean", "min", "max", "count"])
-        dashed = method != "supervised" and model == "student"
-        label = METHOD_NAMES[method] if method == "supervised" else f"{METHOD_NAMES[method]} ({MODEL_NAMES[model]})"
+        dashed = METHODS[method].distills and model == "student"
+        label = f"{METHOD_NAMES[method]} ({MODEL_NAMES[model]})" if METHODS[method].distills else METHOD_NAMES[method]
         color = METHOD_COLORS[method]
         axes.plot(stats.index, stats["mean"], color=color, linestyle="--" if dashed else "-",
                   marker="o", markersize=4, label=label)

@@ -3,7 +3,8 @@
 A run's galleries show a seeded sample of images: on the val set the ground truth beside the
 student's (and EMA teacher's) predictions; on unlabelled training images the hidden ground
 truth, the teacher's detections that became pseudo-labels, those the thresholds rejected
-(and which threshold), and the student's predictions.
+(and which threshold), and the student's predictions. Which detections are kept, and why the
+others are not, is the model's own account (``explain_pseudo_labels``), so each architecture's rule shows.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from gdis.io import atomic_path, read_json
 # Tableau 10: distinguishable class colours; class label k (1..K) takes colour k - 1, cycling.
 CLASS_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
                 (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-REJECTED_COLORS = {"score": (150, 150, 150), "area": (255, 220, 0)}
+# Per rejection reason of a model's explain_pseudo_labels: colour name, what it tests, the test (for titles).
+REJECTIONS = {
+    "score": ("grey", "score", "score > {score_threshold:g}"),
+    "area": ("yellow", "area", "area >= {min_area} px"),
+    "no_object": ("cyan", "no object", "not no-object"),
+    "mask_sum": ("yellow", "mask sum", "mask probability sum > {min_mask_probability_sum:g}"),
+}
+REJECTED_COLORS = {"score": (150, 150, 150), "area": (255, 220, 0), "no_object": (0, 200, 230),
+                   "mask_sum": (255, 220, 0)}
 FILL_ALPHA = 0.45
 FONT_SIZE = 12
 BACKGROUND = (255, 255, 255)
@@ -133,21 +142,21 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> None:
 
 
 # -- what to draw ---------------------------------------------------------------------------------
-def pseudo_label_decisions(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int) -> list[str]:
-    """Per detection, what the pseudo-label filter does with it: 'kept', or rejected by 'score' or by 'area'.
+def explain(model, images: list[torch.Tensor], pseudo_label: dict) -> list[dict]:
+    """The model's own account of its pseudo-labels: per image, candidates with their decisions
+    (``explain_pseudo_labels`` of ``gdis.models.interface.Segmenter``)."""
+    with torch.inference_mode():
+        return model.explain_pseudo_labels([to_float(image) for image in images], pseudo_label)
 
-    Mirrors ``gdis.models.mask_rcnn.filter_pseudo_labels``: the score test first, then the mask area.
-    """
-    areas = (prediction["masks"] > mask_threshold).flatten(1).sum(1)
-    decisions = []
-    for score, area in zip(prediction["scores"].tolist(), areas.tolist()):
-        if not score > score_threshold:
-            decisions.append("score")
-        elif area < max(min_area, 1):
-            decisions.append("area")
-        else:
-            decisions.append("kept")
-    return decisions
+
+def rejection_legend(reasons: tuple[str, ...]) -> str:
+    """'grey score, yellow area': the colour of each rejection reason, for a column title."""
+    return ", ".join(f"{REJECTIONS[reason][0]} {REJECTIONS[reason][1]}" for reason in reasons)
+
+
+def pseudo_label_rule(reasons: tuple[str, ...], pseudo_label: dict) -> str:
+    """The tests behind ``reasons`` with their thresholds, e.g. 'score > 0.7, area >= 10 px'."""
+    return ", ".join(REJECTIONS[reason][2].format(**pseudo_label) for reason in reasons)
 
 
 def detections(prediction: dict, names: dict[int, str], mask_threshold: float, min_score: float,
@@ -241,25 +250,24 @@ def pseudo_label_gallery(images: list[torch.Tensor], row_titles: list[str], trut
     """Rows of images: (hidden) ground truth when known, the teacher's kept and rejected pseudo-labels, the student."""
     size, min_score = figures["cell_size"], figures["score_threshold"]
     mask_threshold = pseudo_label["mask_threshold"]
-    teacher_out = predict(teacher, images)
+    explained = explain(teacher, images, pseudo_label)
     student_out = predict(student, images) if student is not None else None
+    reasons = tuple(teacher.rejection_reasons)
     rows = []
     for index, image in enumerate(images):
-        prediction = teacher_out[index]
-        decisions = pseudo_label_decisions(prediction, pseudo_label["score_threshold"], mask_threshold,
-                                           pseudo_label["min_area"])
+        candidates = explained[index]
+        decisions = candidates["decisions"]
         row = [] if truths is None else [render_panel(_hwc(image), truths[index], size)]
-        row.append(render_panel(_hwc(image), detections(prediction, names, mask_threshold, 0.0, decisions),
-                                size))
-        row.append(render_panel(_hwc(image), detections(prediction, names, mask_threshold, min_score, decisions,
-                                                        ("score", "area")), size))
+        row.append(render_panel(_hwc(image), detections(candidates, names, mask_threshold, 0.0, decisions), size))
+        row.append(render_panel(_hwc(image), detections(candidates, names, mask_threshold, min_score, decisions,
+                                                        reasons), size))
         if student_out is not None:
             row.append(render_panel(_hwc(image), detections(student_out[index], names, mask_threshold, min_score),
                                     size))
         rows.append(row)
     columns = [] if truths is None else ["hidden ground truth"]
     columns += [f"pseudo-labels kept ({teacher_name})",
-                f"rejected (>= {min_score:g}): grey score, yellow area",
+                f"rejected (>= {min_score:g}): {rejection_legend(reasons)}",
                 *([f"student (score >= {min_score:g})"] if student is not None else [])]
     return compose_grid(rows, columns, row_titles, title)
 
@@ -306,8 +314,8 @@ def write_run_galleries(config: dict, checkpoint: str | Path, split_dir: str | P
     gallery = pseudo_label_gallery(
         [train.image(i) for i in ids], [f"image {i}" for i in ids], [train.truth(i) for i in ids],
         teacher, teacher_name, student if teacher is not student else None, train.names, pseudo_label, figures,
-        f"unlabelled training images: pseudo-labels ({label}; score > {pseudo_label['score_threshold']:g}, "
-        f"area >= {pseudo_label['min_area']} px)")
+        f"unlabelled training images: pseudo-labels ({label}; "
+        f"{pseudo_label_rule(tuple(teacher.rejection_reasons), pseudo_label)})")
     save_png(gallery, unlabeled_png)
 
 

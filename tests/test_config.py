@@ -103,3 +103,15 @@ def test_later_files_win(tmp_path):
 @pytest.mark.parametrize("value, text", [(0.4, "0.4"), (10.0, "10"), (100, "100"), (2.5, "2.5")])
 def test_format_percent(value, text):
     assert format_percent(value) == text
+
+
+def test_schema_lists_the_architectures_and_backbones_of_the_code():
+    """The schema's model.arch and model.backbone enums are ARCH_BACKBONES's, which gdis.models builds."""
+    from gdis.config import ARCH_BACKBONES
+    from gdis.models import ARCHITECTURES
+
+    model = load_schema()["properties"]["model"]["properties"]
+    assert model["arch"]["enum"] == list(ARCH_BACKBONES)
+    assert set(ARCHITECTURES) == set(ARCH_BACKBONES)
+    backbones = list(dict.fromkeys(b for names in ARCH_BACKBONES.values() for b in names))
+    assert model["backbone"]["enum"] == backbones

@@ -81,3 +81,23 @@ def test_teacher_phase(method, phases):
 def test_unknown_method_is_an_error():
     with pytest.raises(ValueError, match="unknown method 'mean_teacher'"):
         distill.teacher_phase("mean_teacher", 0, 1)
+
+
+def test_schema_lists_the_methods_of_the_table():
+    """The schema cannot import gdis.distill: its enum and default of methods must be the table's names."""
+    from gdis.config import load_schema
+
+    methods = load_schema()["properties"]["methods"]
+    assert methods["items"]["enum"] == list(distill.METHODS)
+    assert methods["default"] == list(distill.METHODS)
+
+
+def test_method_table():
+    assert [method.name for method in distill.METHODS.values()] == list(distill.METHODS)
+    assert distill.DISTILLATION_METHODS == (distill.STANDARD, distill.GUIDED)
+    assert {name: method.label for name, method in distill.METHODS.items()} == {  # the report prints these
+        "supervised": "supervised", "standard_burnin": "standard burn-in", "guided_distillation": "guided distillation"}
+    assert [name for name, method in distill.METHODS.items() if method.needs_teacher] == [distill.GUIDED]
+    assert distill.METHODS[distill.STANDARD].starts_from == distill.SUPERVISED_BURN_IN
+    with pytest.raises(ValueError, match="unknown method 'mean_teacher'; expected one of supervised, "):
+        distill.method_of("mean_teacher")

@@ -8,9 +8,8 @@ import torch
 from PIL import Image
 
 from gdis.cli import main
-from gdis.models.mask_rcnn import filter_pseudo_labels
-from gdis.visualize import (Instance, compose_grid, mask_outline, overlay_masks, pseudo_label_decisions,
-                            render_panel, sample_ids)
+from gdis.models.mask_rcnn import filter_pseudo_labels, pseudo_label_decisions
+from gdis.visualize import Instance, compose_grid, mask_outline, overlay_masks, render_panel, sample_ids
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

@@ -1,20 +1,48 @@
-"""Architectures behind one interface: ``losses(images, targets)``, ``predict(images)``,
-``pseudo_labels(images, thresholds)`` and ``backbone_parameters()``."""
+"""Architectures behind one interface (``gdis.models.interface.Segmenter``): ``losses(images, targets)``,
+``predict(images)``, ``pseudo_labels(images, thresholds)``, ``explain_pseudo_labels(images, thresholds)``,
+``backbone_parameters()`` and ``load_backbone_weights(spec)``.
+
+``ARCHITECTURES`` is the one registry of architectures (model.arch) and their backbones
+(model.backbone). Its builders are imported on first use, so reading the registry needs no torch.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+from dataclasses import dataclass
 
-from gdis.models.mask2former import Mask2FormerSegmenter
-from gdis.models.mask_rcnn import MaskRCNNSegmenter
+from gdis.models.interface import Segmenter
 
 log = logging.getLogger(__name__)
-ARCHITECTURES = {"mask_rcnn": MaskRCNNSegmenter, "mask2former": Mask2FormerSegmenter}
 
 
-def build_model(model_config: dict, num_categories: int, load_weights: bool = True):
+@dataclass(frozen=True)
+class Architecture:
+    """One model.arch: the module and class that build it, and the names of its backbones."""
+
+    module: str
+    segmenter: str
+    backbones: tuple[str, ...]
+
+    def builder(self) -> type:
+        """The segmenter class, called as ``builder()(num_classes, model_config)``."""
+        return getattr(importlib.import_module(self.module), self.segmenter)
+
+
+ARCHITECTURES = {
+    # Backbone names: the keys of gdis.models.mask_rcnn.BUILDERS and of gdis.models.backbones.BACKBONES.
+    "mask_rcnn": Architecture("gdis.models.mask_rcnn", "MaskRCNNSegmenter", ("tiny", "resnet50_fpn")),
+    "mask2former": Architecture("gdis.models.mask2former", "Mask2FormerSegmenter",
+                                ("tiny", "resnet50", "swin_tiny", "swin_small", "swin_base", "swin_large",
+                                 "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14")),
+}
+ARCH_BACKBONES = {name: arch.backbones for name, arch in ARCHITECTURES.items()}
+
+
+def build_model(model_config: dict, num_categories: int, load_weights: bool = True) -> Segmenter:
     """A fresh network for ``num_categories`` classes, with pre-trained backbone weights when configured."""
-    model = ARCHITECTURES[model_config["arch"]](num_categories + 1, model_config)
+    model = ARCHITECTURES[model_config["arch"]].builder()(num_categories + 1, model_config)
     spec = model_config["backbone_weights"]
     if load_weights and spec:
         model.load_backbone_weights(spec)
@@ -22,3 +50,11 @@ def build_model(model_config: dict, num_categories: int, load_weights: bool = Tr
     elif load_weights:
         log.info("backbone randomly initialised (model.backbone_weights is null)")
     return model
+
+
+def __getattr__(name: str):
+    """The segmenter classes, imported on first use (``from gdis.models import MaskRCNNSegmenter``)."""
+    for arch in ARCHITECTURES.values():
+        if arch.segmenter == name:
+            return arch.builder()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,8 +15,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
+from torchvision.ops import masks_to_boxes
 
 from gdis.models.backbones import BACKBONES, build_backbone
+from gdis.models.interface import KEPT
 from gdis.models.weights import (load_matching_state, load_transformers_weights, resolve_hub_weights,
                                 resolve_torchvision_weights)
 
@@ -104,12 +106,13 @@ def padded(size: int) -> int:
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """xyxy boxes (pixel edges) of binary masks (N, H, W); an empty mask gets a zero box."""
+    """xyxy boxes (pixel edges) of binary masks (N, H, W), on the CPU; an empty mask gets a zero box."""
     boxes = torch.zeros((len(masks), 4))
-    for index, mask in enumerate(masks):
-        rows, cols = torch.where(mask.any(1))[0], torch.where(mask.any(0))[0]
-        if len(rows):
-            boxes[index] = torch.tensor([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=torch.float32)
+    nonempty = masks.flatten(1).any(1).cpu()
+    if nonempty.any():
+        found = masks_to_boxes(masks[nonempty.to(masks.device)]).cpu()  # pixel indices of the extreme pixels
+        found[:, 2:] += 1  # -> pixel edges, as gdis.models.mask_rcnn.filter_pseudo_labels
+        boxes[nonempty] = found
     return boxes
 
 
@@ -133,24 +136,36 @@ def instance_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, to
             "masks": logits.sigmoid()}
 
 
+def pseudo_label_query_tests(class_logits: torch.Tensor, mask_logits: torch.Tensor, class_threshold: float,
+                             min_mask_probability_sum: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per query, whether it passes each test of Guided Distillation's pseudo-label rule, and its arg-max class.
+
+    The tests (True: passed), by rejection reason: ``no_object``, its arg-max class is not "no object"
+    (the last one); ``score``, its class probability is > ``class_threshold``; ``mask_sum``, its sigmoid
+    mask probabilities, summed over the low-resolution ``mask_logits`` (Q, h, w), are > ``min_mask_probability_sum``.
+    """
+    probability, label = class_logits.softmax(-1).max(-1)
+    passes = {"no_object": label != class_logits.shape[-1] - 1,
+              "score": probability > class_threshold,
+              "mask_sum": mask_logits.sigmoid().flatten(1).sum(1) > min_mask_probability_sum}
+    return passes, label
+
+
 def select_pseudo_label_queries(class_logits: torch.Tensor, mask_logits: torch.Tensor, class_threshold: float,
                                 min_mask_probability_sum: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher queries that become pseudo-labels, as in Guided Distillation, and their classes (0..K-1).
 
-    Drops queries whose arg-max class is "no object" (the last one), keeps those whose class
-    probability is > ``class_threshold`` and whose sigmoid mask probabilities, summed over the
-    low-resolution ``mask_logits`` (Q, h, w), are > ``min_mask_probability_sum``.
+    Those that pass every test of ``pseudo_label_query_tests``.
     """
-    probability, label = class_logits.softmax(-1).max(-1)
-    is_object = label != class_logits.shape[-1] - 1
-    confident = probability > class_threshold
-    large = mask_logits.sigmoid().flatten(1).sum(1) > min_mask_probability_sum
-    keep = is_object & confident & large
+    passes, label = pseudo_label_query_tests(class_logits, mask_logits, class_threshold, min_mask_probability_sum)
+    keep = passes["no_object"] & passes["score"] & passes["mask_sum"]
     return keep.nonzero().flatten(), label[keep]
 
 
 class Mask2FormerSegmenter(nn.Module):
-    """Mask2Former with the calls the distillation engine needs: losses, predict, pseudo_labels."""
+    """Mask2Former behind the gdis architecture interface (``gdis.models.interface.Segmenter``)."""
+
+    rejection_reasons = ("no_object", "score", "mask_sum")  # the tests of pseudo_label_query_tests
 
     def __init__(self, num_classes: int, model_config: dict) -> None:
         super().__init__()
@@ -284,3 +299,24 @@ class Mask2FormerSegmenter(nn.Module):
             binary = probabilities > thresholds["mask_threshold"]
             targets.append({"boxes": mask_boxes(binary), "labels": labels + 1, "masks": binary.to(torch.uint8)})
         return targets
+
+    @torch.no_grad()
+    def explain_pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
+        """Every query of this (teacher) network on ``images``, with its pseudo-label decision.
+
+        Per image: ``scores`` and ``labels`` (1..K), the query's best foreground class and its probability
+        (for a kept query, its arg-max class); ``masks``, its probabilities at image size as in
+        ``pseudo_labels``; ``decisions``, 'kept' or the first test of ``pseudo_label_query_tests`` it fails.
+        """
+        class_logits, mask_logits, padded_size, sizes = self._query_outputs(images)
+        explained = []
+        for image, classes, masks, size in zip(images, class_logits, mask_logits, sizes):
+            passes, _ = pseudo_label_query_tests(classes, masks, thresholds["score_threshold"],
+                                                 thresholds["min_mask_probability_sum"])
+            passed = {reason: passes[reason].tolist() for reason in self.rejection_reasons}
+            decisions = [next((reason for reason in self.rejection_reasons if not passed[reason][query]), KEPT)
+                         for query in range(len(classes))]
+            scores, labels = classes.softmax(-1)[:, :-1].max(-1)
+            probabilities = self._to_image(masks, padded_size, size, image.shape[-2:]).sigmoid()
+            explained.append({"scores": scores, "labels": labels + 1, "masks": probabilities, "decisions": decisions})
+        return explained

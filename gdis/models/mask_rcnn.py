@@ -110,7 +110,9 @@ IMAGENET_WEIGHTS = {"resnet50_fpn": ResNet50_Weights.IMAGENET1K_V1}
 
 
 class MaskRCNNSegmenter(nn.Module):
-    """Mask R-CNN with the three calls the distillation engine needs: losses, predict, pseudo_labels."""
+    """Mask R-CNN behind the gdis architecture interface (``gdis.models.interface.Segmenter``)."""
+
+    rejection_reasons = ("score", "area")  # see pseudo_label_decisions
 
     def __init__(self, num_classes: int, model_config: dict) -> None:
         super().__init__()
@@ -189,6 +191,15 @@ class MaskRCNNSegmenter(nn.Module):
         score, mask, area = thresholds["score_threshold"], thresholds["mask_threshold"], thresholds["min_area"]
         return [filter_pseudo_labels(p, score, mask, area) for p in self.predict(images, score_threshold=score)]
 
+    def explain_pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
+        """Every detection of ``predict`` with its pseudo-label decision (``pseudo_label_decisions``)."""
+        explained = []
+        for prediction in self.predict(images):
+            decisions = pseudo_label_decisions(prediction, thresholds["score_threshold"],
+                                               thresholds["mask_threshold"], thresholds["min_area"])
+            explained.append({**prediction, "decisions": decisions})
+        return explained
+
 
 def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int) -> dict:
     """Training targets from one image's detections: confident, binarised, large enough.
@@ -205,3 +216,20 @@ def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshol
     boxes[:, 2:] += 1  # pixel indices -> pixel edges, so a one-pixel mask has a positive size
     return {"boxes": boxes, "labels": labels, "masks": binary.to(torch.uint8)}
 
+
+
+def pseudo_label_decisions(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int) -> list[str]:
+    """Per detection, what ``filter_pseudo_labels`` does with it: 'kept', or rejected by 'score' or by 'area'.
+
+    The score test first, then the area of the mask binarised at ``mask_threshold``.
+    """
+    areas = (prediction["masks"] > mask_threshold).flatten(1).sum(1)
+    decisions = []
+    for score, area in zip(prediction["scores"].tolist(), areas.tolist()):
+        if not score > score_threshold:
+            decisions.append("score")
+        elif area < max(min_area, 1):
+            decisions.append("area")
+        else:
+            decisions.append("kept")
+    return decisions

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.io import flag
 
 from gdis.config import ConfigError, dataset_paths, dataset_plans, extra_unlabeled_paths, format_percent, load_config, validate_config
+from gdis.distill import DISTILLATION_METHODS, GUIDED, METHODS, SUPERVISED, SUPERVISED_BURN_IN
 from gdis.distributed import launcher, scheduler_resources
 from gdis.protocols import list_path
 
@@ -62,7 +63,6 @@ DATASET = config["dataset"]["name"]
 NETWORK = f"{config['model']['arch']}/{config['model']['backbone']}"
 DATA = dataset_paths(config)
 EXTRA_UNLABELED = extra_unlabeled_paths(config)
-DISTILLATION_METHODS = ["standard_burnin", "guided_distillation"]
 PERCENTS = [format_percent(p) for p in config["splits"]["label_percents"]]
 FOLDS = config["splits"]["folds"]
 FULL = format_percent(100)
@@ -72,13 +72,13 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     percent=r"[0-9]+(\.[0-9]+)?",
     fold=r"[0-9]+",
-    method="supervised|standard_burnin|guided_distillation",
+    method="|".join(METHODS),
     model="student|ema_teacher",
 
 
 SPLIT_DIR = f"results/splits/{DATASET}/{{percent}}pct/fold{{fold}}"
 RUN_DIR = f"results/models/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
-SUPERVISED_RUN_DIR = f"results/models/{DATASET}/{NETWORK}/supervised/{{percent}}pct/fold{{fold}}"
+SUPERVISED_RUN_DIR = f"results/models/{DATASET}/{NETWORK}/{SUPERVISED}/{{percent}}pct/fold{{fold}}"
 EVAL_DIR = f"results/eval/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
 LOG_DIR = f"results/logs/{DATASET}"
 FIGURE_DIR = f"results/figures/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
@@ -94,8 +94,8 @@ def runs():
         for fold in FOLDS
         if not (percent == FULL and method in DISTILLATION_METHODS)
     ]
-    if config["splits"]["include_full"] and "supervised" in config["methods"] and FULL not in PERCENTS:
-        planned += [("supervised", FULL, fold) for fold in FOLDS]
+    if config["splits"]["include_full"] and SUPERVISED in config["methods"] and FULL not in PERCENTS:
+        planned += [(SUPERVISED, FULL, fold) for fold in FOLDS]
     return planned
 
 
@@ -138,11 +138,12 @@ def train_inputs(wildcards):
         "val_check": f"{CHECK_DIR}/val.json",  # a broken val set stops the run before training, not after
     }
     supervised_run = SUPERVISED_RUN_DIR.format(percent=wildcards.percent, fold=wildcards.fold)
-    if wildcards.get("method") in DISTILLATION_METHODS:  # hidden annotations: pseudo-label quality
+    method = METHODS[wildcards.get("method", SUPERVISED)]
+    if method.distills:  # hidden annotations: pseudo-label quality
         inputs["annotations"] = DATA["train_annotations"]
-    if wildcards.get("method") == "guided_distillation":
+    if method.needs_teacher:
         inputs["teacher"] = f"{supervised_run}/model_final.pt"
-    if wildcards.get("method") == "standard_burnin":
+    if method.starts_from == SUPERVISED_BURN_IN:
         inputs["burn_in_checkpoint"] = f"{supervised_run}/burn_in.pt"
     return inputs
 
@@ -167,10 +168,10 @@ def training_priority(wildcards):
     Supervised runs that distillation waits for, then guided distillation (the longest runs), then the
     100 % upper bound, then standard burn-in (which continues a supervised run for the last few steps).
     """
-    method = wildcards.get("method", "supervised")
-    if method == "supervised":
+    method = wildcards.get("method", SUPERVISED)
+    if method == SUPERVISED:
         return 4 if wildcards.percent == FULL else 10
-    return 8 if method == "guided_distillation" else 2
+    return 8 if method == GUIDED else 2
 
 
 def split_list_file(wildcards):

@@ -16,7 +16,7 @@ rule train_supervised:
         split_dir=lambda wildcards, input: os.path.dirname(input.labeled),
         launcher=TRAIN_LAUNCHER,
     log:
-        f"{LOG_DIR}/train/{NETWORK}/supervised_{{percent}}pct_fold{{fold}}.log",
+        f"{LOG_DIR}/train/{NETWORK}/{SUPERVISED}_{{percent}}pct_fold{{fold}}.log",
     priority: training_priority
     threads: config["train"]["threads"]
     conda:
@@ -45,7 +45,7 @@ rule train_distillation:
     log:
         f"{LOG_DIR}/train/{NETWORK}/{{method}}_{{percent}}pct_fold{{fold}}.log",
     wildcard_constraints:
-        method="standard_burnin|guided_distillation",
+        method="|".join(DISTILLATION_METHODS),
     priority: training_priority
     threads: config["train"]["threads"]
     conda:
