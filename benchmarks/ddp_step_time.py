@@ -129,10 +129,9 @@ def run(workdir: Path) -> list[dict]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", choices=MODELS, help="run as one of the torchrun processes")
-    parser.add_argument("--work-dir", type=Path, help="unused; accepted as every benchmark script's option")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker)
     else:
-        for result in run(args.work_dir or Path(".")):
+        for result in run(Path(".")):
             print(json.dumps(result))
