@@ -63,15 +63,17 @@ def demo_like_dataset(root: Path, num_train: int, num_val: int) -> Path:
 
 def demo_trainer(root: Path, method: str, config: dict, teacher: Path | None = None):
     """A Trainer of the demo model on ``demo_like_dataset(root)``, as ``gdis train`` builds it."""
-    from gdis.engine import Trainer
+    from gdis.builder import RunFiles
+    from gdis.trainer import Trainer
 
-    return Trainer(copy.deepcopy(config), method, root / "split" / "labeled.json", root / "split" / "unlabeled.json",
-                   root / "dataset" / "train", root / "runs" / method, teacher_checkpoint=str(teacher) if teacher else None)
+    files = RunFiles(labeled=root / "split" / "labeled.json", unlabeled=root / "split" / "unlabeled.json",
+                     images=root / "dataset" / "train", teacher=teacher)
+    return Trainer.from_files(copy.deepcopy(config), method, files, root / "runs" / method)
 
 
 def pretrained_teacher(root: Path, config: dict) -> Path:
     """A supervised checkpoint to serve as the guided run's teacher (its weights are the initial ones)."""
-    from gdis.engine import save_checkpoint
+    from gdis.checkpoint import save_checkpoint
 
     path = root / "teacher.pt"
     if not path.exists():
@@ -118,11 +120,11 @@ def training_setup(root: Path, steps: int) -> tuple[dict, dict, list, float]:
         trainers[name] = demo_trainer(root, "guided_distillation", demo_config(shared_backbone=shared), teacher)
         trainers[name]._load_pretrained_teacher()
     train = config["train"]
-    labeled = list(step_loader(trainers["supervised"].labeled, train["batch_size"], 0, 0, steps, 0))
-    unlabeled = list(step_loader(trainers["guided"].unlabeled, train["unlabeled_batch_size"], 1, 0, steps, 0))
+    labeled = list(step_loader(trainers["supervised"].parts.labeled, train["batch_size"], 0, 0, steps, 0))
+    unlabeled = list(step_loader(trainers["guided"].parts.unlabeled, train["unlabeled_batch_size"], 1, 0, steps, 0))
     scores = []
     for images, _ in unlabeled[:4]:
-        weak, _ = unlabeled_views(images, train["augment"], trainers["guided"].strong)
+        weak, _ = unlabeled_views(images, train["augment"], trainers["guided"].parts.strong_augmentation)
         scores.extend(float(s) for p in trainers["guided"].teacher.predict(weak) for s in p["scores"])
     wanted = round(PSEUDO_LABELS_PER_IMAGE * 4 * train["unlabeled_batch_size"])
     threshold = sorted(scores, reverse=True)[min(wanted, len(scores) - 1)]
@@ -140,7 +142,7 @@ def time_steps(trainers: dict, batches: list, warmup: int = 2) -> dict[str, dict
     for index, (labeled, unlabeled) in enumerate(batches):
         for name, trainer in trainers.items():
             with Clock() as clock:
-                record = trainer._train_step(labeled, unlabeled)
+                record = trainer.step(labeled, unlabeled)
             if index >= warmup:
                 times[name]["cpu"].append(clock.cpu)
                 times[name]["wall"].append(clock.wall)

@@ -71,7 +71,7 @@ def worker(name: str) -> None:
     import torch.distributed as dist
 
     from gdis import distributed
-    from gdis.engine import StudentLosses
+    from gdis.trainer import StudentLosses
     from gdis.models import build_model
 
     torch.set_num_threads(1)

@@ -21,26 +21,28 @@ from pathlib import Path
 import torch
 
 from gdis.config import deep_merge, load_config, validate_config
-from gdis.engine import Trainer
+from gdis.builder import RunFiles
 from gdis.splits import write_split
 from gdis.synthetic import SyntheticSpec, generate_synthetic_dataset
+from gdis.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 class TimedTrainer(Trainer):
-    """The engine's trainer, recording the wall-clock and CPU seconds of each step."""
+    """The trainer, recording the wall-clock and CPU seconds of each step."""
 
-    def _train_step(self, labeled_batch, unlabeled_batch) -> dict:
+    def step(self, labeled_batch, unlabeled_batch) -> dict:
         wall, cpu = time.perf_counter(), time.process_time()
-        record = super()._train_step(labeled_batch, unlabeled_batch)
+        record = super().step(labeled_batch, unlabeled_batch)
         self.timings.append((time.perf_counter() - wall, time.process_time() - cpu))
         return record
 
 
 def time_method(config: dict, method: str, split_dir: Path, images: Path, out_dir: Path, teacher: Path | None):
-    trainer = TimedTrainer(config, method, split_dir / "labeled.json", split_dir / "unlabeled.json", str(images),
-                           str(out_dir), teacher_checkpoint=teacher)
+    files = RunFiles(labeled=split_dir / "labeled.json", unlabeled=split_dir / "unlabeled.json", images=images,
+                     teacher=teacher)
+    trainer = TimedTrainer.from_files(config, method, files, out_dir)
     trainer.timings = []
     trainer.run()
     return trainer.timings
@@ -50,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", nargs="+", metavar="YAML", help="config files, merged in order",
                         default=[str(REPO / "config" / "config.yaml"),
-                                 str(REPO / "config" / "presets" / "mask2former_tiny_cpu.yaml")])
+                                 str(REPO / "config" / "networks" / "mask2former_tiny.yaml")])
     parser.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed afterwards)")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps per method")

@@ -13,6 +13,7 @@ and ``usable_coco`` writes it in, so splits and evaluation (whose area ranges ne
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import warnings
@@ -25,7 +26,9 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from gdis.coco import DatasetError, check_coco, load_coco
-from gdis.io import read_json, sha256_file
+from gdis.io import read_json, sha256_file, write_json
+
+log = logging.getLogger(__name__)
 
 
 POLICIES = ("fail", "skip")
@@ -428,6 +431,20 @@ def check_dataset(annotations_path: str | Path, images_dir: str | Path, policy: 
         )
     if len(bad_images) == len(coco["images"]):
         raise DatasetError(f"{annotations_path}: no usable image is left:\n  " + "\n  ".join(f["message"] for f in errors))
+    return report
+
+
+def check_dataset_files(annotations_path: str | Path, images_dir: str | Path, policy: str = "fail",
+                        report_path: str | Path | None = None) -> dict:
+    """``check_dataset``, each finding logged, and the report written to ``report_path`` when given."""
+    report = check_dataset(annotations_path, images_dir, policy)
+    for finding in report["errors"]:
+        log.warning("skipped: %s", finding["message"])
+    for finding in report["notes"]:
+        log.info("note: %s", finding["message"])
+    log.info("%s", summary(report))
+    if report_path:
+        write_json(report_path, report, indent=1)
     return report
 
 

@@ -49,139 +49,52 @@ def _dataset_check(path: str | None) -> dict | None:
 
 
 def cmd_check_dataset(args) -> None:
-    from gdis.check_dataset import check_dataset, summary
-    from gdis.config import dataset_paths, load_config
-    from gdis.io import write_json
+    from gdis.check_dataset import check_dataset_files
 
-    if args.config:
-        if not args.subset or args.annotations or args.images:
-            raise ValueError("with --config give --subset (train or val), not --annotations/--images")
-        config = load_config(args.config)
-        paths = dataset_paths(config)
-        annotations, images = paths[f"{args.subset}_annotations"], paths[f"{args.subset}_images"]
-        policy = args.on_bad_input or config["dataset"]["on_bad_input"]
-    elif args.annotations and args.images:
-        annotations, images, policy = args.annotations, args.images, args.on_bad_input or "fail"
-    else:
-        raise ValueError("give --config and --subset, or --annotations and --images")
-    report = check_dataset(annotations, images, policy)
-    for finding in report["errors"]:
-        log.warning("skipped: %s", finding["message"])
-    for finding in report["notes"]:
-        log.info("note: %s", finding["message"])
-    log.info("%s", summary(report))
-    if args.report:
-        write_json(args.report, report, indent=1)
+    check_dataset_files(args.annotations, args.images, args.on_bad_input, args.report)
 
 
 def cmd_synthesize(args) -> None:
     from gdis.config import load_config
-    from gdis.synthetic import SyntheticSpec, generate_synthetic_dataset
+    from gdis.synthetic import synthesize_configured
 
-    config = load_config(args.config)
-    if config["dataset"]["source"] != "synthetic":
-        raise ValueError("dataset.source is not 'synthetic': nothing to generate")
-    generate_synthetic_dataset(args.out_dir, SyntheticSpec(**config["dataset"]["synthetic"]))
-    log.info("wrote the synthetic dataset to %s", args.out_dir)
+    synthesize_configured(load_config(args.config)["dataset"], args.out_dir)
 
 
 def cmd_prepare_dataset(args) -> None:
-    from gdis.config import dataset_paths, load_config
+    from gdis.config import load_config
+    from gdis.download import prepare_dataset
 
-    config = load_config(args.config)
-    dataset = config["dataset"]
-    root = Path(dataset_paths(config)["train_annotations"]).parents[1]
-    if dataset["source"] == "coco2017":
-        from gdis.download import prepare_coco2017
-
-        prepare_coco2017(dataset["coco2017"], root, progress=not args.no_progress)
-    elif dataset["source"] == "cityscapes":
-        from gdis.cityscapes import prepare_cityscapes
-
-        cityscapes = dataset["cityscapes"]
-        prepare_cityscapes(cityscapes["archives_dir"] or root / "archives", root, cityscapes["workers"])
-    else:
-        raise ValueError(f"dataset.source is {dataset['source']!r}: only coco2017 and cityscapes are prepared")
-    log.info("%s is ready in %s", dataset["name"], root)
+    prepare_dataset(load_config(args.config)["dataset"], args.out_dir, args.coco_unlabeled2017, not args.no_progress)
 
 
 def cmd_split(args) -> None:
-    import os
+    from gdis.config import load_config
+    from gdis.splits import write_configured_split
 
-    from gdis.coco import load_coco
-    from gdis.config import dataset_paths, extra_unlabeled_paths, load_config
-    from gdis.splits import write_split
-
-    config = load_config(args.config)
-    splits = config["splits"]
-    paths = dataset_paths(config)
-    extra = extra_unlabeled_paths(config)
-    extra_images = None
-    if extra:  # file names relative to the training images folder, where training looks for them
-        prefix = os.path.relpath(extra["images"], paths["train_images"])
-        extra_images = [{**image, "file_name": f"{prefix}/{image['file_name']}"}
-                        for image in load_coco(extra["image_info"])["images"]]
-    manifest = write_split(paths["train_annotations"], args.out_dir, args.label_percent, args.fold,
-                           splits["seed"], splits["unlabeled"], splits["protocol"], splits["list_file"], extra_images,
-                           _dataset_check(args.dataset_check))
-    log.info("%s split %s: %d of %d images labelled, %d unlabelled -> %s", manifest["protocol"],
-             manifest["split_name"], manifest["num_labeled"], manifest["num_images"], manifest["num_unlabeled"],
-             args.out_dir)
+    write_configured_split(load_config(args.config)["splits"], args.annotations, args.images, args.out_dir,
+                           args.label_percent, args.fold, _dataset_check(args.dataset_check), args.label_list,
+                           args.extra_unlabeled_info, args.extra_unlabeled_images)
 
 
 def cmd_train(args) -> None:
-    import torch
+    from gdis.builder import RunFiles
+    from gdis.config import load_config
+    from gdis.trainer import train_run
 
-    from gdis import distributed
-    from gdis.config import dataset_paths, load_config
-    from gdis.engine import Trainer
-    from gdis.io import read_json
-
-    config = load_config(args.config)
-    torch.set_num_threads(distributed.threads_per_process(config["train"]["threads"]))
-    split_dir = Path(args.split_dir)
-    dataset_check = read_json(split_dir / "manifest.json", "split manifest").get("dataset_check")
-    if dataset_check and (dataset_check["skipped_images"] or dataset_check["skipped_annotations"]):
-        log.warning("training without %d unusable image(s) and %d annotation(s) of %s (dataset.on_bad_input: skip)",
-                    dataset_check["skipped_images"], dataset_check["skipped_annotations"], dataset_check["annotations"])
-    world = distributed.init_world()  # several processes when started by torchrun
-    try:
-        Trainer(
-            config, args.method, split_dir / "labeled.json", split_dir / "unlabeled.json",
-            dataset_paths(config)["train_images"], args.out_dir, teacher_checkpoint=args.teacher,
-            burn_in_checkpoint=args.burn_in_checkpoint,
-            run_info={"label_percent": args.label_percent, "fold": args.fold, "split_dir": str(split_dir),
-                      "dataset_check": dataset_check},
-            hidden_annotations=dataset_paths(config)["train_annotations"], world=world,
-        ).run()
-    finally:
-        distributed.close_world(world)
+    files = RunFiles(labeled=args.labeled, unlabeled=args.unlabeled, images=args.images,
+                     hidden_annotations=args.hidden_annotations, teacher=args.teacher,
+                     burn_in_checkpoint=args.burn_in_checkpoint, backbone_weights=args.backbone_weights)
+    train_run(load_config(args.config), args.method, files, args.out_dir, args.manifest,
+              {"label_percent": args.label_percent, "fold": args.fold})
 
 
 def cmd_evaluate(args) -> None:
-    from gdis.config import dataset_paths, load_config
-    from gdis.engine import load_network
-    from gdis.evaluate import evaluate_network
-    from gdis.io import read_json, write_json
+    from gdis.config import load_config
+    from gdis.evaluate import evaluate_checkpoint
 
-    config = load_config(args.config)
-    _threads(config, "evaluate")
-    checkpoint = Path(args.checkpoint)
-    run = read_json(checkpoint.with_name("run.json"), "run record")
-    model, state = load_network(checkpoint, args.model, config["model"])
-    paths = dataset_paths(config)
-    metrics = evaluate_network(model, state["category_ids"], paths["val_annotations"], paths["val_images"],
-                               args.predictions, config["evaluate"]["batch_size"], config["evaluate"]["evaluator"],
-                               _dataset_check(args.dataset_check))
-    row = {
-        "dataset": config["dataset"]["name"], "arch": config["model"]["arch"], "backbone": config["model"]["backbone"],
-        "weights": run["weights"], "method": state["method"], "label_percent": run["label_percent"],
-        "fold": run["fold"], "protocol": config["splits"]["protocol"], "model": args.model,
-        "iteration": state["step"], **metrics,
-    }
-    write_json(args.metrics, row, indent=1)
-    log.info("%s %s: mask AP %.2f, box AP %.2f -> %s", state["method"], args.model, metrics["mask_AP"],
-             metrics["box_AP"], args.metrics)
+    evaluate_checkpoint(load_config(args.config), args.checkpoint, args.run_record, args.model, args.annotations,
+                        args.images, args.predictions, args.metrics, _dataset_check(args.dataset_check))
 
 
 def cmd_table(args) -> None:
@@ -222,12 +135,15 @@ def cmd_curves(args) -> None:
 
 
 def cmd_gallery(args) -> None:
-    from gdis.config import dataset_paths, load_config
-    from gdis.visualize import write_run_galleries
+    from gdis.config import load_config
+    from gdis.visualize import RunGalleryFiles, write_run_galleries
 
     config = load_config(args.config)
     _threads(config, "figures")
-    write_run_galleries(config, args.checkpoint, args.split_dir, dataset_paths(config), args.val_out, args.unlabeled_out)
+    files = RunGalleryFiles(labeled=args.labeled, unlabeled=args.unlabeled, train_annotations=args.train_annotations,
+                            train_images=args.train_images, val_annotations=args.val_annotations,
+                            val_images=args.val_images)
+    write_run_galleries(config, args.checkpoint, files, args.val_out, args.unlabeled_out)
     log.info("wrote %s and %s", args.val_out, args.unlabeled_out)
 
 
@@ -273,13 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(func=cmd_check_config)
 
     sub = commands.add_parser("check-dataset", help="report unusable images and annotations of a COCO-format dataset")
-    sub.add_argument("--config", nargs="+", metavar="YAML", help="config file(s): check the configured dataset")
-    sub.add_argument("--subset", choices=["train", "val"], help="with --config: which part of the dataset")
-    sub.add_argument("--annotations", help="without --config: a COCO annotation file")
-    sub.add_argument("--images", help="without --config: the folder holding its images")
-    sub.add_argument("--on-bad-input", choices=["fail", "skip"],
-                     help="fail: exit 1 listing every problem; skip: record them for leaving out "
-                          "(default: dataset.on_bad_input, or fail)")
+    sub.add_argument("--annotations", required=True, help="a COCO annotation file")
+    sub.add_argument("--images", required=True, help="the folder holding its images")
+    sub.add_argument("--on-bad-input", choices=["fail", "skip"], default="fail",
+                     help="fail: exit 1 listing every problem; skip: record them for leaving out (dataset.on_bad_input)")
     sub.add_argument("--report", help="JSON report to write: every finding, counts, the items to leave out")
     sub.set_defaults(func=cmd_check_dataset)
 
@@ -290,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("prepare-dataset", help="link or download COCO 2017, or unpack and convert Cityscapes")
     _add_config(sub)
+    sub.add_argument("--out-dir", required=True, help="the dataset folder, data/<dataset.name>")
+    sub.add_argument("--coco-unlabeled2017", action="store_true",
+                     help="COCO 2017's extra unlabelled images (unlabeled2017) instead of train and val")
     sub.add_argument("--no-progress", action="store_true", help="no download progress bar")
     sub.set_defaults(func=cmd_prepare_dataset)
 
@@ -307,10 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "Writes labeled.json (COCO, with annotations), unlabeled.json (labels removed) and\n"
                     "manifest.json (protocol, split name, source SHA-256, the labelled image ids).")
     _add_config(sub)
+    sub.add_argument("--annotations", required=True, help="the training set's COCO annotations")
+    sub.add_argument("--images", required=True, help="the training images folder (file names are relative to it)")
     sub.add_argument("--label-percent", type=_percent, required=True, help="percentage of labelled images, e.g. 0.4")
     sub.add_argument("--fold", type=int, required=True, help="fold number (seeds the draw)")
     sub.add_argument("--out-dir", required=True, help="writes labeled.json, unlabeled.json and manifest.json here")
     sub.add_argument("--dataset-check", help="report of 'gdis check-dataset' on the training set: leaves out what it excludes")
+    sub.add_argument("--label-list", help="protocol list: the file naming the labelled images (default: splits.list_file)")
+    sub.add_argument("--extra-unlabeled-info", help="COCO image info of extra unlabelled images (COCO unlabeled2017)")
+    sub.add_argument("--extra-unlabeled-images", help="the folder of those extra unlabelled images")
     sub.set_defaults(func=cmd_split)
 
     sub = commands.add_parser(
@@ -322,18 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--method", required=True, choices=list(METHODS))
     sub.add_argument("--label-percent", type=_percent, required=True)
     sub.add_argument("--fold", type=int, required=True)
-    sub.add_argument("--split-dir", required=True, help="folder written by 'gdis split'")
+    sub.add_argument("--labeled", required=True, help="the split's labeled.json (written by 'gdis split')")
+    sub.add_argument("--unlabeled", required=True, help="the split's unlabeled.json")
+    sub.add_argument("--manifest", help="the split's manifest.json: recorded in run.json (skipped images, protocol)")
+    sub.add_argument("--images", required=True, help="the training images folder")
+    sub.add_argument("--hidden-annotations",
+                     help="distillation: all training annotations, to measure the pseudo-labels against")
     sub.add_argument("--teacher", help="pre-trained teacher checkpoint (guided_distillation: the supervised model)")
     sub.add_argument("--burn-in-checkpoint",
                      help="standard_burnin: continue from this burn_in.pt of the supervised run of the same split "
                           "instead of repeating its first burn_in steps")
+    sub.add_argument("--backbone-weights", help="a backbone weights file (default: model.backbone_weights)")
     sub.add_argument("--out-dir", required=True, help="writes model_final.pt, train_log.jsonl and run.json here")
     sub.set_defaults(func=cmd_train)
 
     sub = commands.add_parser("evaluate", help="COCO mask and box AP of a checkpoint on the val set")
     _add_config(sub)
     sub.add_argument("--checkpoint", required=True, help="model_final.pt written by 'gdis train'")
+    sub.add_argument("--run-record", required=True, help="the run.json written beside it")
     sub.add_argument("--model", required=True, choices=["student", "ema_teacher"], help="which network to evaluate")
+    sub.add_argument("--annotations", required=True, help="the val set's COCO annotations")
+    sub.add_argument("--images", required=True, help="the val images folder")
     sub.add_argument("--predictions", required=True, help="COCO results JSON to write")
     sub.add_argument("--metrics", required=True, help="metrics JSON to write")
     sub.add_argument("--dataset-check", help="report of 'gdis check-dataset' on the val set: leaves out what it excludes")
@@ -363,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("gallery", help="a training run's galleries: val predictions and unlabelled pseudo-labels")
     _add_config(sub)
     sub.add_argument("--checkpoint", required=True, help="model_final.pt written by 'gdis train'")
-    sub.add_argument("--split-dir", required=True, help="the run's split folder (labeled.json, unlabeled.json)")
+    sub.add_argument("--labeled", required=True, help="the run's labeled.json (its images are left out of the sample)")
+    sub.add_argument("--unlabeled", required=True, help="the run's unlabeled.json (the sample of unlabelled images)")
+    sub.add_argument("--train-annotations", required=True, help="the training set's annotations (hidden ground truth)")
+    sub.add_argument("--train-images", required=True, help="the training images folder")
+    sub.add_argument("--val-annotations", required=True, help="the val set's annotations")
+    sub.add_argument("--val-images", required=True, help="the val images folder")
     sub.add_argument("--val-out", required=True, help="PNG to write: val images, ground truth and predictions")
     sub.add_argument("--unlabeled-out", required=True,
                      help="PNG to write: unlabelled images, hidden ground truth, kept and rejected pseudo-labels")

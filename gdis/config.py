@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import re
 from pathlib import Path
 from typing import Iterable
 
@@ -12,7 +11,9 @@ import jsonschema
 import yaml
 
 from gdis.distill import DISTILLATION_METHODS, METHODS, SUPERVISED
-from gdis.models import ARCH_BACKBONES  # arch -> backbone names; the schema's enums repeat them (tests/test_config.py)
+from gdis.models import (
+    ARCH_BACKBONES,  # arch -> backbone names; the schema's enums repeat them (tests/test_config.py)
+)
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 # Backbones with batch norm, which model.norm and model.frozen_stages apply to (the others ignore model.norm).
@@ -174,8 +175,6 @@ def _model_problems(model: dict) -> list[str]:
     if weights == "imagenet" and model["backbone"] == "tiny":
         problems.append("model.backbone_weights: 'imagenet' exists for resnet50_fpn only, not for backbone 'tiny' "
                         "(use null or a state-dict file)")
-    elif weights not in (None, "imagenet") and not Path(weights).is_file():
-        problems.append(f"model.backbone_weights: {weights!r} is neither null, 'imagenet' nor an existing file")
     if model["backbone"] in BATCH_NORM_BACKBONES and not weights:
         if model["norm"] == "frozen":
             problems.append("model.norm: 'frozen' keeps pre-trained statistics, but model.backbone_weights is null "
@@ -222,30 +221,3 @@ def extra_unlabeled_paths(config: dict) -> dict[str, str]:
         root = f"data/{dataset['name']}"
         return {"images": f"{root}/unlabeled2017", "image_info": f"{root}/annotations/image_info_unlabeled2017.json"}
     return {}
-
-
-
-_DATASET_TARGET = re.compile(r"^(?:results/(?:tables|plots)/(?P<report>[A-Za-z0-9][A-Za-z0-9_-]*)\.(?:csv|md|png)"
-                             r"|(?:results/[a-z]+|data)/(?P<step>[A-Za-z0-9][A-Za-z0-9_-]*)/.*)$")
-
-
-def dataset_plans(targets: Iterable[str], config_dir: str | Path) -> list[str]:
-    """The dataset plan (``<config_dir>/<name>.yaml``) that requested targets name, as a list of at most one.
-
-    ``results/tables/coco.csv``, ``results/plots/coco_training.png`` and ``results/splits/coco/...`` all
-    name ``coco``. Targets of two different planned datasets cannot share one run.
-    """
-    plans = set()
-    for target in targets:
-        match = _DATASET_TARGET.match(str(target))
-        if not match:
-            continue
-        name = match["report"] or match["step"]
-        for candidate in (name, name.removesuffix("_training")):
-            plan = Path(config_dir) / f"{candidate}.yaml"
-            if plan.is_file():
-                plans.add(str(plan))
-                break
-    if len(plans) > 1:
-        raise ValueError(f"targets name several dataset plans ({', '.join(sorted(plans))}); run one dataset at a time")
-    return sorted(plans)

@@ -201,16 +201,16 @@ def launcher(nodes: int, processes_per_node: int) -> str:
             f"--rdzv-endpoint={first_node}:{RENDEZVOUS_PORT} --rdzv-id=$SLURM_JOB_ID --no-python")
 
 
-def scheduler_resources(job: dict) -> dict:
-    """Snakemake resources of a job from its ``resources`` config entry, named as the Slurm executor reads them.
+# The Snakemake resources of every job, named as the Slurm executor reads them.
+SCHEDULER_RESOURCES = ("mem_mb", "runtime", "nodes", "gpu", "slurm_partition", "slurm_account", "slurm_extra")
 
-    ``gpus`` is per node, Slurm's ``--gpus`` counts the whole job; unset partition, account and
-    extra options are left out, so the cluster's defaults apply.
+
+def scheduler_resources(job: dict) -> dict:
+    """Snakemake resources of a job from its ``resources`` config entry (every name of SCHEDULER_RESOURCES).
+
+    ``gpu`` counts the whole job (Slurm's ``--gpus``) while ``gpus`` is per node. Unset partition,
+    account and extra options are empty, which the Slurm executor leaves out, so the cluster's defaults apply.
     """
-    resources = {"mem_mb": job["mem_mb"], "runtime": job["runtime"], "nodes": job["nodes"]}
-    if job["gpus"]:
-        resources["gpu"] = job["gpus"] * job["nodes"]
-    for key, name in (("partition", "slurm_partition"), ("account", "slurm_account"), ("slurm_extra", "slurm_extra")):
-        if job[key]:
-            resources[name] = job[key]
-    return resources
+    return {"mem_mb": job["mem_mb"], "runtime": job["runtime"], "nodes": job["nodes"], "gpu": job["gpus"] * job["nodes"],
+            "slurm_partition": job["partition"] or "", "slurm_account": job["account"] or "",
+            "slurm_extra": job["slurm_extra"] or ""}

@@ -160,12 +160,9 @@ def unpack(archive: str | os.PathLike, root: str | os.PathLike, members: list[st
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def coco_archives(coco2017: dict) -> list[str]:
-    """Names of the archives the configured COCO 2017 needs."""
-    names = ["train2017", "val2017", "annotations_trainval2017"]
-    if coco2017["unlabeled2017"]:
-        names += ["unlabeled2017", "image_info_unlabeled2017"]
-    return names
+# The archives of COCO 2017's train and val sets, and those of its extra unlabelled images (unlabeled2017).
+COCO_TRAIN_VAL = ("train2017", "val2017", "annotations_trainval2017")
+COCO_UNLABELED = ("unlabeled2017", "image_info_unlabeled2017")
 
 
 def link_local_copy(local_copy: str | os.PathLike, root: str | os.PathLike, members: list[str]) -> None:
@@ -182,10 +179,11 @@ def link_local_copy(local_copy: str | os.PathLike, root: str | os.PathLike, memb
             tmp.symlink_to(local_copy / member)
 
 
-def prepare_coco2017(coco2017: dict, root: str | os.PathLike, progress: bool = True) -> None:
-    """Make ``root`` hold COCO 2017 in its usual layout, from a local copy or the (resumable) downloads."""
+def prepare_coco2017(coco2017: dict, root: str | os.PathLike, names: tuple[str, ...] = COCO_TRAIN_VAL,
+                     progress: bool = True) -> None:
+    """Make ``root`` hold the archives ``names`` of COCO 2017 in its usual layout, from a local copy or the
+    (resumable) downloads."""
     root = Path(root)
-    names = coco_archives(coco2017)
     members = [member for name in names for member in COCO_ARCHIVE_CONTENTS[name]]
     if coco2017["local_copy"]:
         link_local_copy(coco2017["local_copy"], root, members)
@@ -198,3 +196,22 @@ def prepare_coco2017(coco2017: dict, root: str | os.PathLike, progress: bool = T
                            coco2017["retries"], progress)
         unpack(archive, root, COCO_ARCHIVE_CONTENTS[name])
         log.info("unpacked %s into %s", archive, root)
+
+
+def prepare_dataset(dataset: dict, root: str | os.PathLike, coco_unlabeled2017: bool = False,
+                    progress: bool = True) -> None:
+    """Assemble the config's paper dataset (``dataset`` section) in ``root``: COCO 2017 linked or downloaded
+    (its extra unlabelled images with ``coco_unlabeled2017``), or Cityscapes unpacked and converted."""
+    source = dataset["source"]
+    if coco_unlabeled2017 and source != "coco2017":
+        raise ValueError(f"dataset.source is {source!r}: unlabeled2017 belongs to coco2017")
+    if source == "coco2017":
+        prepare_coco2017(dataset["coco2017"], root, COCO_UNLABELED if coco_unlabeled2017 else COCO_TRAIN_VAL, progress)
+    elif source == "cityscapes":
+        from gdis.cityscapes import prepare_cityscapes
+
+        cityscapes = dataset["cityscapes"]
+        prepare_cityscapes(cityscapes["archives_dir"] or Path(root) / "archives", root, cityscapes["workers"])
+    else:
+        raise ValueError(f"dataset.source is {source!r}: only coco2017 and cityscapes are prepared")
+    log.info("%s is ready in %s", dataset["name"], root)

@@ -69,6 +69,11 @@ def _unique(paths) -> list[str]:
     return list(dict.fromkeys(str(path) for path in paths))
 
 
+def config_files(job) -> list[str]:
+    """The config files a job's command receives (its ``config`` param, workflow/rules/common.smk)."""
+    return job.params.config.split() if "config" in job.params.keys() else []
+
+
 def job_stage(job, files: list[str]) -> dict:
     """The DVC stage of one Snakemake job."""
     rule = job.rule.name
@@ -112,7 +117,13 @@ def job_stage(job, files: list[str]) -> dict:
 def planned_stages(configfiles: list[str]) -> dict:
     """{stage name: stage} of every job of the default target, as `snakemake --forceall` would run them."""
     from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DAGSettings,
+        OutputSettings,
+        Quietness,
+        ResourceSettings,
+    )
 
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow_api = api.workflow(
@@ -125,12 +136,11 @@ def planned_stages(configfiles: list[str]) -> dict:
         workflow.dag_settings = DAGSettings(forceall=True)
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
-        files = workflow.globals["CONFIG_FILES"]  # what the gdis commands receive (workflow/rules/common.smk)
         stages = {}
         for level in workflow.dag.toposorted():
             for job in sorted(level, key=stage_name):
                 if job.output:  # skips target rules such as `all`
-                    stages[stage_name(job)] = job_stage(job, files)
+                    stages[stage_name(job)] = job_stage(job, config_files(job))
     return stages
 
 

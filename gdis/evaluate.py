@@ -117,3 +117,23 @@ def evaluate_network(model, category_ids: list[int], annotations_path: str | Pat
     metrics = coco_metrics(coco if dataset_check else annotations_path, predictions_path, evaluator)
     metrics["num_images"] = len(coco["images"])
     return metrics
+
+
+def evaluate_checkpoint(config: dict, checkpoint: str | Path, run_record: str | Path, which: str,
+                        annotations_path: str | Path, images_dir: str | Path, predictions_path: str | Path,
+                        metrics_path: str | Path, dataset_check: dict | None = None) -> dict:
+    """``gdis evaluate``: AP of the ``which`` network (student or ema_teacher) of a finished run, written as one
+    row of the results table (``gdis.report.metrics_row``) to ``metrics_path``."""
+    from gdis.checkpoint import load_network
+    from gdis.report import metrics_row
+
+    torch.set_num_threads(config["evaluate"]["threads"])
+    run = read_json(run_record, "run record")
+    model, state = load_network(checkpoint, which, config["model"])
+    metrics = evaluate_network(model, state["category_ids"], annotations_path, images_dir, predictions_path,
+                               config["evaluate"]["batch_size"], config["evaluate"]["evaluator"], dataset_check)
+    row = metrics_row(config, run, state, which, metrics)
+    write_json(metrics_path, row, indent=1)
+    log.info("%s %s: mask AP %.2f, box AP %.2f -> %s", state["method"], which, metrics["mask_AP"], metrics["box_AP"],
+             metrics_path)
+    return row

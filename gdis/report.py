@@ -41,6 +41,16 @@ SMOOTHING_WINDOW = 5
 PNG_METADATA = {"Software": None}
 
 
+def metrics_row(config: dict, run: dict, checkpoint: dict, model: str, metrics: dict) -> dict:
+    """One row of the results table: what was trained (config, run record, checkpoint), which network, its AP."""
+    return {
+        "dataset": config["dataset"]["name"], "arch": config["model"]["arch"], "backbone": config["model"]["backbone"],
+        "weights": run["weights"], "method": checkpoint["method"], "label_percent": run["label_percent"],
+        "fold": run["fold"], "protocol": config["splits"]["protocol"], "model": model,
+        "iteration": checkpoint["step"], **metrics,
+    }
+
+
 def _read_metrics(path: Path) -> dict:
     """One metrics file as a row of TABLE_COLUMNS with typed values; errors name the file."""
     data = read_json(path, "metrics file")

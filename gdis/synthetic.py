@@ -90,6 +90,13 @@ def _require(condition: bool, name: str, rule: str) -> None:
         raise ValueError(f"SyntheticSpec.{name} {rule}")
 
 
+def synthesize_configured(dataset: dict, out_dir: str | Path) -> None:
+    """Generate the dataset that the config's ``dataset`` section describes (``source: synthetic``) into ``out_dir``."""
+    if dataset["source"] != "synthetic":
+        raise ValueError(f"dataset.source is {dataset['source']!r}, not 'synthetic': nothing to generate")
+    generate_synthetic_dataset(out_dir, SyntheticSpec(**dataset["synthetic"]))
+
+
 def generate_synthetic_dataset(out_dir: str | Path, spec: SyntheticSpec) -> None:
     """Write train/val PNGs and COCO annotations to ``out_dir``; all or nothing, replacing any old copy."""
     counts = {"train": spec.num_train, "val": spec.num_val}

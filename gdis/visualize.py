@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from gdis.checkpoint import load_network
 from gdis.coco import annotation_mask, category_ids, load_coco
 from gdis.data import read_image, to_float
-from gdis.engine import load_network
 from gdis.io import atomic_path, read_json
 
 # Tableau 10: distinguishable class colours; class label k (1..K) takes colour k - 1, cycling.
@@ -278,8 +278,20 @@ def placeholder(text: str) -> Image.Image:
     return image
 
 
-def write_run_galleries(config: dict, checkpoint: str | Path, split_dir: str | Path, paths: dict[str, str],
-                        val_png: str | Path, unlabeled_png: str | Path) -> None:
+@dataclass(frozen=True)
+class RunGalleryFiles:
+    """The files a run's galleries read besides its checkpoint: its split and the dataset's train and val sets."""
+
+    labeled: str | Path
+    unlabeled: str | Path
+    train_annotations: str | Path
+    train_images: str | Path
+    val_annotations: str | Path
+    val_images: str | Path
+
+
+def write_run_galleries(config: dict, checkpoint: str | Path, files: RunGalleryFiles, val_png: str | Path,
+                        unlabeled_png: str | Path) -> None:
     """The val and unlabelled galleries of one training run.
 
     The teacher is the run's EMA teacher, or the network itself for a supervised run (the
@@ -295,20 +307,19 @@ def write_run_galleries(config: dict, checkpoint: str | Path, split_dir: str | P
         teacher_name = "EMA teacher"
     label = f"{state['method']}, step {state['step']}"
 
-    val = CocoSource(paths["val_annotations"], paths["val_images"])
+    val = CocoSource(files.val_annotations, files.val_images)
     val_ids = sample_ids(list(val.images), figures["num_images"], figures["seed"])
     save_png(val_gallery(val, val_ids, networks, figures, pseudo_label["mask_threshold"],
                          f"val images: ground truth and predictions ({label})"), val_png)
 
-    train = CocoSource(paths["train_annotations"], paths["train_images"])
+    train = CocoSource(files.train_annotations, files.train_images)
     if train.label_of != val.label_of:
-        raise ValueError(f"{paths['train_annotations']} and {paths['val_annotations']} define different categories")
-    split = Path(split_dir)
-    labeled = {image["id"] for image in read_json(split / "labeled.json", "labelled split")["images"]}
-    unlabeled = [image["id"] for image in read_json(split / "unlabeled.json", "unlabelled split")["images"]]
+        raise ValueError(f"{files.train_annotations} and {files.val_annotations} define different categories")
+    labeled = {image["id"] for image in read_json(files.labeled, "labelled split")["images"]}
+    unlabeled = [image["id"] for image in read_json(files.unlabeled, "unlabelled split")["images"]]
     candidates = [i for i in unlabeled if i not in labeled] or unlabeled
     if not candidates:
-        save_png(placeholder(f"{split} has no unlabelled images"), unlabeled_png)
+        save_png(placeholder(f"{files.unlabeled} has no unlabelled images"), unlabeled_png)
         return
     ids = sample_ids(candidates, figures["num_images"], figures["seed"])
     gallery = pseudo_label_gallery(

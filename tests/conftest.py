@@ -54,6 +54,33 @@ def micro_config(micro_config_file) -> dict:
     return load_config([micro_config_file])
 
 
+def split_trainer(config: dict, method: str, split_dir: Path, images: Path, out_dir: Path, teacher=None,
+                  burn_in_checkpoint=None, hidden_annotations=None, world=None):
+    """A Trainer of one run on a split folder written by ``write_split`` (labeled.json, unlabeled.json)."""
+    from gdis.builder import RunFiles
+    from gdis.trainer import Trainer
+
+    files = RunFiles(labeled=Path(split_dir) / "labeled.json", unlabeled=Path(split_dir) / "unlabeled.json",
+                     images=images, hidden_annotations=hidden_annotations, teacher=teacher,
+                     burn_in_checkpoint=burn_in_checkpoint)
+    return Trainer.from_files(config, method, files, out_dir, world, run_info={"label_percent": 25.0, "fold": 1})
+
+
+def train_file_args(split_dir: Path, images: Path) -> list[str]:
+    """The file arguments of ``gdis train`` for a split folder written by ``gdis split`` / ``write_split``."""
+    split_dir = Path(split_dir)
+    return ["--labeled", str(split_dir / "labeled.json"), "--unlabeled", str(split_dir / "unlabeled.json"),
+            "--manifest", str(split_dir / "manifest.json"), "--images", str(images)]
+
+
+def gallery_file_args(split_dir: Path, dataset: Path) -> list[str]:
+    """The file arguments of ``gdis gallery`` for a split folder and a dataset in gdis's synthetic layout."""
+    split_dir, dataset = Path(split_dir), Path(dataset)
+    return ["--labeled", str(split_dir / "labeled.json"), "--unlabeled", str(split_dir / "unlabeled.json"),
+            "--train-annotations", str(dataset / "annotations" / "train.json"), "--train-images", str(dataset / "train"),
+            "--val-annotations", str(dataset / "annotations" / "val.json"), "--val-images", str(dataset / "val")]
+
+
 def resnet50_in_torch_cache(torch_home: Path, seed: int):
     """A random ResNet-50 saved under torchvision's ImageNet file name in ``torch_home``: what it loads."""
     import torch

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from gdis.cli import build_parser, main
+from tests.conftest import gallery_file_args, train_file_args
+
+
+def _train_set(config_path) -> list[str]:
+    """``--annotations`` and ``--images`` of ``gdis split``: the training set the config names."""
+    dataset = yaml.safe_load(open(config_path))["dataset"]
+    return ["--annotations", dataset["train_annotations"], "--images", dataset["train_images"]]
 
 
 def _run(capsys, *argv) -> tuple[int, str]:
@@ -28,7 +36,7 @@ def test_unknown_config_key(capsys, micro_config_file, tmp_path):
     config["splits"]["label_percent"] = [5]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
-    code, err = _run(capsys, "split", "--config", str(bad), "--label-percent", "25", "--fold", "1",
+    code, err = _run(capsys, "split", "--config", str(bad), *_train_set(bad), "--label-percent", "25", "--fold", "1",
                      "--out-dir", str(tmp_path / "split"))
     assert code == 1
     assert "unknown key splits.label_percent" in err
@@ -55,7 +63,7 @@ def test_annotation_file_that_is_not_coco(capsys, micro_config_file, tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"images": [], "annotations": {}}))
     path = _with_dataset(micro_config_file, tmp_path, train_annotations=broken)
-    code, err = _run(capsys, "split", "--config", path, "--label-percent", "25", "--fold", "1",
+    code, err = _run(capsys, "split", "--config", path, *_train_set(path), "--label-percent", "25", "--fold", "1",
                      "--out-dir", str(tmp_path / "split"))
     assert code == 1 and f"{broken} is not COCO: 'annotations' must be a list" in err
     assert not (tmp_path / "split").exists()
@@ -65,7 +73,7 @@ def test_truncated_annotation_file(capsys, micro_config_file, tmp_path):
     truncated = tmp_path / "truncated.json"
     truncated.write_text('{"images": [')
     path = _with_dataset(micro_config_file, tmp_path, train_annotations=truncated)
-    code, err = _run(capsys, "split", "--config", path, "--label-percent", "25", "--fold", "1",
+    code, err = _run(capsys, "split", "--config", path, *_train_set(path), "--label-percent", "25", "--fold", "1",
                      "--out-dir", str(tmp_path / "split"))
     assert code == 1 and f"annotation file {truncated} is not valid JSON" in err
 
@@ -77,13 +85,14 @@ def test_missing_image_names_id_and_file(capsys, micro_config_file, micro_datase
     shutil.copytree(micro_dataset / "train", images)
     path = _with_dataset(micro_config_file, tmp_path, train_images=images)
     split = tmp_path / "split"
-    assert _run(capsys, "split", "--config", path, "--label-percent", "100", "--fold", "1", "--out-dir", str(split))[0] == 0
+    assert _run(capsys, "split", "--config", path, *_train_set(path), "--label-percent", "100", "--fold", "1",
+                "--out-dir", str(split))[0] == 0
     labeled = json.loads((split / "labeled.json").read_text())
     victim = labeled["images"][0]
     (images / victim["file_name"]).unlink()
     out = tmp_path / "run"
     code, err = _run(capsys, "train", "--config", path, "--method", "supervised", "--label-percent", "100",
-                     "--fold", "1", "--split-dir", str(split), "--out-dir", str(out))
+                     "--fold", "1", *train_file_args(split, images), "--out-dir", str(out))
     assert code == 1
     assert f"1 image file(s) not found: image {victim['id']}: {images / victim['file_name']}" in err
     assert not (out / "model_final.pt").exists()
@@ -93,5 +102,41 @@ def test_bad_label_percent_is_rejected(capsys, micro_config_file, tmp_path):
     import pytest
 
     with pytest.raises(SystemExit):
-        main(["split", "--config", str(micro_config_file), "--label-percent", "0", "--fold", "1", "--out-dir", str(tmp_path)])
+        main(["split", "--config", str(micro_config_file), *_train_set(micro_config_file), "--label-percent", "0",
+              "--fold", "1", "--out-dir", str(tmp_path)])
     assert "label percentage must be in (0, 100], got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_commands_read_only_the_files_they_are_given(capsys, micro_config_file, micro_dataset, tmp_path):
+    """The rules hand every file to the command: with the config's dataset paths pointing nowhere, split, train,
+    evaluate and gallery still work on the files they are given."""
+    config = yaml.safe_load(micro_config_file.read_text())
+    nowhere = tmp_path / "no_such_folder"
+    config["dataset"].update({key: str(nowhere / key) for key in config["dataset"] if key != "name" and key != "source"})
+    path = tmp_path / "nowhere.yaml"
+    path.write_text(yaml.safe_dump(config))
+    split, run, out = tmp_path / "split", tmp_path / "run", tmp_path / "out"
+    train_set = ["--annotations", str(micro_dataset / "annotations" / "train.json"), "--images", str(micro_dataset / "train")]
+    assert _run(capsys, "split", "--config", str(path), *train_set, "--label-percent", "25", "--fold", "1",
+                "--out-dir", str(split))[0] == 0
+    for method, start in (("supervised", []), ("guided_distillation", ["--teacher", str(run / "model_final.pt")])):
+        code, err = _run(capsys, "train", "--config", str(path), "--method", method, "--label-percent", "25", "--fold",
+                         "1", *train_file_args(split, micro_dataset / "train"), *start,
+                         "--hidden-annotations", str(micro_dataset / "annotations" / "train.json"),
+                         "--out-dir", str(tmp_path / method if method != "supervised" else run))
+        assert code == 0, err
+    guided = tmp_path / "guided_distillation"
+    code, err = _run(capsys, "evaluate", "--config", str(path), "--checkpoint", str(guided / "model_final.pt"),
+                     "--run-record", str(guided / "run.json"), "--model", "ema_teacher",
+                     "--annotations", str(micro_dataset / "annotations" / "val.json"),
+                     "--images", str(micro_dataset / "val"), "--predictions", str(out / "predictions.json"),
+                     "--metrics", str(out / "metrics.json"))
+    assert code == 0, err
+    row = json.loads((out / "metrics.json").read_text())
+    assert (row["method"], row["model"], row["label_percent"]) == ("guided_distillation", "ema_teacher", 25.0)
+    code, err = _run(capsys, "gallery", "--config", str(path), "--checkpoint", str(guided / "model_final.pt"),
+                     *gallery_file_args(split, micro_dataset), "--val-out", str(out / "val.png"),
+                     "--unlabeled-out", str(out / "unlabeled.png"))
+    assert code == 0, err
+    assert (out / "val.png").read_bytes().startswith(b"\x89PNG") and not nowhere.exists()

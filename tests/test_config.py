@@ -24,13 +24,13 @@ def test_every_schema_default_is_itself_valid():
     assert "default" not in load_schema()["properties"]["dataset"]
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "micro.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "micro.yaml", "demo_mask2former.yaml"])
 def test_shipped_configs_are_valid(name):
     files = [REPO / "config" / "config.yaml"] + ([REPO / "config" / name] if name != "config.yaml" else [])
     load_config(files)
 
 
-@pytest.mark.parametrize("plan", ["coco.yaml", "cityscapes.yaml", "examples/my_dataset.yaml"])
+@pytest.mark.parametrize("plan", ["datasets/coco.yaml", "datasets/cityscapes.yaml", "examples/my_dataset.yaml"])
 def test_real_datasets_get_the_papers_strong_view(plan):
     """The demo scales the blur to its 128 px images; a plan layered on the demo config must not inherit that."""
     config = load_config([REPO / "config" / "config.yaml", REPO / "config" / plan])

@@ -15,7 +15,6 @@ import yaml
 from gdis import distributed
 from gdis.data import StepBatchSampler
 from gdis.splits import write_split
-
 from tests.conftest import REPO
 
 # One training run, as a process of its own; torchrun starts it twice. Every anchor and proposal
@@ -25,7 +24,8 @@ WORKER = """
 import sys, torch
 from gdis import distributed
 from gdis.config import load_config
-from gdis.engine import Trainer
+from gdis.builder import RunFiles
+from gdis.trainer import Trainer
 from gdis.models import mask_rcnn
 
 config_file, split_dir, images, out_dir, states, norm = sys.argv[1:]
@@ -45,9 +45,9 @@ def build_without_sampling(num_classes, model_config):
 mask_rcnn.BUILDERS["tiny"] = build_without_sampling
 torch.set_num_threads(1)
 world = distributed.init_world()
-trainer = Trainer(load_config([config_file]), "standard_burnin", split_dir + "/labeled.json",
-                  split_dir + "/unlabeled.json", images, out_dir, run_info={"label_percent": 25.0, "fold": 1},
-                  world=world)
+files = RunFiles(labeled=split_dir + "/labeled.json", unlabeled=split_dir + "/unlabeled.json", images=images)
+trainer = Trainer.from_files(load_config([config_file]), "standard_burnin", files, out_dir, world,
+                             run_info={"label_percent": 25.0, "fold": 1})
 initial = {k: v.clone() for k, v in trainer.student.state_dict().items()}
 trainer.run()
 torch.save({"initial": initial, "student": trainer.student.state_dict(), "ema_teacher": trainer.teacher.state_dict()},
@@ -91,9 +91,12 @@ def test_scheduler_resources_use_the_slurm_plugin_names():
     job = {"mem_mb": 8000, "runtime": 120, "gpus": 4, "nodes": 2, "partition": "gpu", "account": None,
            "slurm_extra": "--exclusive"}
     assert distributed.scheduler_resources(job) == {
-        "mem_mb": 8000, "runtime": 120, "nodes": 2, "gpu": 8, "slurm_partition": "gpu", "slurm_extra": "--exclusive"}
+        "mem_mb": 8000, "runtime": 120, "nodes": 2, "gpu": 8, "slurm_partition": "gpu", "slurm_account": "",
+        "slurm_extra": "--exclusive"}
     cpu_only = {**job, "gpus": 0, "nodes": 1, "partition": None, "slurm_extra": ""}
-    assert distributed.scheduler_resources(cpu_only) == {"mem_mb": 8000, "runtime": 120, "nodes": 1}
+    # Unset values are empty (0 GPUs), which the Slurm executor leaves out of sbatch.
+    assert distributed.scheduler_resources(cpu_only) == {"mem_mb": 8000, "runtime": 120, "nodes": 1, "gpu": 0,
+                                                         "slurm_partition": "", "slurm_account": "", "slurm_extra": ""}
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
@@ -108,7 +111,7 @@ def test_preemption_signal_is_recorded_not_fatal(signum):
 def _worker_args(micro_config_file, micro_dataset, tmp_path, preset: str | None = None) -> list[str]:
     config = yaml.safe_load(micro_config_file.read_text())
     if preset:
-        overlay = yaml.safe_load((REPO / "config" / "presets" / preset).read_text())
+        overlay = yaml.safe_load((REPO / "config" / "networks" / preset).read_text())
         for section, values in overlay.items():
             config[section] = {**config.get(section, {}), **values}
     config["train"]["augment"] = {"flip_probability": 0.0, "color_jitter_probability": 0.0,
@@ -148,7 +151,7 @@ def test_batch_norm_statistics_stay_identical_across_processes(micro_config_file
 @pytest.mark.slow
 def test_mask2former_trains_under_ddp_without_unused_parameters(micro_config_file, micro_dataset, tmp_path):
     """Every trainable Mask2Former parameter gets a gradient each step, as DDP without find_unused_parameters needs."""
-    args = _worker_args(micro_config_file, micro_dataset, tmp_path, preset="mask2former_tiny_cpu.yaml")
+    args = _worker_args(micro_config_file, micro_dataset, tmp_path, preset="mask2former_tiny.yaml")
     rank0, _ = _two_processes(args, tmp_path / "two", "group")
     assert any(not torch.equal(rank0["initial"][k], v) for k, v in rank0["student"].items())
 

@@ -214,7 +214,7 @@ def test_prepare_rule_downloads_through_snakemake(serve, workflow_copy):
                         "coco2017": _coco2017_config(server.base_url, archives)}}
     (workflow_copy / "local.yaml").write_text(json.dumps(plan))
     target = "data/coco/annotations/instances_train2017.json"
-    result = subprocess.run(["snakemake", "--cores", "1", target, "--configfile", "config/coco.yaml", "local.yaml"],
+    result = subprocess.run(["snakemake", "--cores", "1", target, "--configfile", "local.yaml"],
                             cwd=workflow_copy, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (workflow_copy / "data/coco/train2017/000000000009.jpg").is_file()
@@ -223,10 +223,10 @@ def test_prepare_rule_downloads_through_snakemake(serve, workflow_copy):
     (workflow_copy / "data").rename(workflow_copy / "old-data")
     plan["dataset"]["coco2017"]["archives"]["val2017"]["md5"] = "0" * 32
     (workflow_copy / "local.yaml").write_text(json.dumps(plan))
-    result = subprocess.run(["snakemake", "--cores", "1", target, "--configfile", "config/coco.yaml", "local.yaml"],
+    result = subprocess.run(["snakemake", "--cores", "1", target, "--configfile", "local.yaml"],
                             cwd=workflow_copy, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    log = (workflow_copy / "results/logs/coco/prepare_dataset.log").read_text()
+    log = (workflow_copy / "results/logs/coco/prepare_coco2017.log").read_text()
     assert "val2017.zip: downloaded file has MD5" in log and "expected 00000000" in log
     assert not (workflow_copy / "data/coco/downloads/val2017.zip").exists()
     assert not (workflow_copy / "data/coco/annotations/instances_train2017.json").exists()

@@ -75,23 +75,26 @@ def test_stages_run_the_workflow_commands_with_the_keys_they_read(monkeypatch):
         by_rule.setdefault(_rule(name), []).append(stage)
     assert {"synthesize", "split", "train_supervised", "train_distillation", "evaluate", "table", "plot",
             "training_curves"} <= set(by_rule)
-    config_and_micro = lambda *keys: [{"config/config.yaml": list(keys)}, {MICRO: list(keys)}]  # noqa: E731
+    network = "config/networks/mask_rcnn_tiny.yaml"
     assert by_rule["split"][0]["params"] == [{"config/config.yaml": ["splits.seed", "splits.unlabeled"]}]
-    assert by_rule["train_supervised"][0]["params"] == config_and_micro("model", "train")
-    assert by_rule["evaluate"][0]["params"] == config_and_micro("model", "evaluate")
+    assert by_rule["train_supervised"][0]["params"] == [
+        {"config/config.yaml": ["model", "train"]}, {network: ["model"]}, {MICRO: ["model", "train"]}]
+    assert by_rule["evaluate"][0]["params"] == [
+        {"config/config.yaml": ["model", "evaluate"]}, {network: ["model"]}, {MICRO: ["model", "evaluate"]}]
     assert "params" not in by_rule["table"][0]  # reads no config, only the metrics files it is given
-    evaluate = stages["evaluate-guided_distillation-25-1-ema_teacher"]
-    assert evaluate["cmd"][1].startswith(f"gdis evaluate --config config/config.yaml {MICRO} --checkpoint ")
-    assert "results/models/micro/mask_rcnn/tiny/guided_distillation/25pct/fold1/model_final.pt" in evaluate["deps"]
+    evaluate = stages["evaluate-micro-mask_rcnn_tiny-guided_distillation-25-1-ema_teacher"]
+    assert evaluate["cmd"][1].startswith(f"gdis evaluate --config config/config.yaml {network} {MICRO} --checkpoint ")
+    run = "results/models/micro/mask_rcnn_tiny"
+    assert f"{run}/guided_distillation/25pct/fold1/model_final.pt" in evaluate["deps"]
     assert evaluate["metrics"] == [
-        {"results/eval/micro/mask_rcnn/tiny/guided_distillation/25pct/fold1/ema_teacher.json": {"cache": False}}]
-    assert evaluate["outs"] == ["results/eval/micro/mask_rcnn/tiny/guided_distillation/25pct/fold1/"
+        {"results/eval/micro/mask_rcnn_tiny/guided_distillation/25pct/fold1/ema_teacher.json": {"cache": False}}]
+    assert evaluate["outs"] == ["results/eval/micro/mask_rcnn_tiny/guided_distillation/25pct/fold1/"
                                 "ema_teacher_predictions.json"]
-    train = stages["train_distillation-guided_distillation-25-1"]
-    assert "results/models/micro/mask_rcnn/tiny/supervised/25pct/fold1/model_final.pt" in train["deps"]
-    assert "results/models/micro/mask_rcnn/tiny/guided_distillation/25pct/fold1/model_final.pt" in train["outs"]
-    assert stages["table"]["plots"] == [{"results/tables/micro.csv": {"cache": False, "x": "label_percent",
-                                                                      "y": "mask_AP", "template": "scatter"}}]
+    train = stages["train_distillation-micro-mask_rcnn_tiny-guided_distillation-25-1"]
+    assert f"{run}/supervised/25pct/fold1/model_final.pt" in train["deps"]
+    assert f"{run}/guided_distillation/25pct/fold1/model_final.pt" in train["outs"]
+    assert stages["table-micro"]["plots"] == [{"results/tables/micro.csv": {"cache": False, "x": "label_percent",
+                                                                            "y": "mask_AP", "template": "scatter"}}]
     # cache: false only for metrics and plots; splits and checkpoints go to the DVC cache
     for stage in stages.values():
         assert all(isinstance(out, str) for out in stage.get("outs", []))

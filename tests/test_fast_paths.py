@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from gdis.checkpoint import save_checkpoint
 from gdis.coco import annotation_mask, category_ids, encode_mask, load_coco
 from gdis.data import CocoInstances, labeled_view
-from gdis.engine import Trainer, save_checkpoint
 from gdis.evaluate import STAT_NAMES, coco_metrics
 from gdis.io import write_json
 from gdis.models import build_model
 from gdis.splits import write_split
+from gdis.trainer import Trainer
+from tests.conftest import split_trainer
 
 
 def _all_samples_kept(model) -> None:
@@ -80,16 +82,16 @@ def test_guided_step_with_shared_backbone_equals_separate_forwards(micro_dataset
     def trainer(name: str, shared: bool, teacher=None) -> Trainer:
         config = copy.deepcopy(micro_config)
         config["train"]["shared_backbone"] = shared
-        built = Trainer(config, "guided_distillation" if teacher else "supervised", split / "labeled.json",
-                        split / "unlabeled.json", micro_dataset / "train", tmp_path / name, teacher_checkpoint=teacher)
+        built = split_trainer(config, "guided_distillation" if teacher else "supervised", split,
+                              micro_dataset / "train", tmp_path / name, teacher=teacher)
         _all_samples_kept(built.student)
         return built
 
     supervised = trainer("supervised", True)
     teacher = tmp_path / "teacher.pt"
     save_checkpoint(teacher, **supervised._state())
-    labeled = [supervised.labeled[i] for i in (0, 1)]
-    unlabeled = [supervised.labeled[i] for i in (2, 3)]
+    labeled = [supervised.parts.labeled[i] for i in (0, 1)]
+    unlabeled = [supervised.parts.labeled[i] for i in (2, 3)]
     batches = ([image for image, _ in labeled], [target for _, target in labeled])
     unlabeled_batch = ([image for image, _ in unlabeled], [{"image_id": t["image_id"]} for _, t in unlabeled])
     records, weights = [], []
@@ -97,7 +99,7 @@ def test_guided_step_with_shared_backbone_equals_separate_forwards(micro_dataset
         guided = trainer(f"guided_{shared}", shared, teacher=str(teacher))
         guided._load_pretrained_teacher()
         torch.manual_seed(1)
-        records.append(guided._train_step(batches, unlabeled_batch))
+        records.append(guided.step(batches, unlabeled_batch))
         weights.append(guided.student.state_dict())
     plain, shared = records
     assert plain["pseudo_labels_per_image"] > 0 and plain.keys() == shared.keys()

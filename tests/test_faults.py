@@ -34,15 +34,25 @@ import torch
 import yaml
 from PIL import Image
 
-from gdis.check_dataset import ANNOTATION_ERRORS, IMAGE_ERRORS, NOTES, POLICIES, check_dataset, usable_coco
+from gdis.check_dataset import (
+    ANNOTATION_ERRORS,
+    IMAGE_ERRORS,
+    NOTES,
+    POLICIES,
+    check_dataset,
+    usable_coco,
+)
+from gdis.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from gdis.coco import DatasetError, encode_mask
 from gdis.config import ConfigError, load_config, validate_config
 from gdis.data import CocoInstances, read_image
-from gdis.engine import CHECKPOINT_FORMAT, Trainer, TrainingError, load_checkpoint, save_checkpoint
 from gdis.io import OutputError, write_json, write_text
+from gdis.models import build_model
 from gdis.models.weights import load_backbone_state
 from gdis.splits import write_split
 from gdis.synthetic import SyntheticSpec, generate_synthetic_dataset
+from gdis.trainer import TrainingError
+from tests.conftest import split_trainer, train_file_args
 
 TALLY: Counter = Counter()
 MINIMUM = {"bad dataset input": 25, "bad config": 10}
@@ -391,21 +401,22 @@ def test_skip_policy_through_the_cli_is_recorded_in_run_json(dataset, micro_conf
     config_file.write_text(yaml.safe_dump(config))
     report, split, run = tmp_path / "check.json", tmp_path / "split", tmp_path / "run"
     caplog.set_level(logging.INFO)
-    assert main(["check-dataset", "--config", str(config_file), "--subset", "train", "--report", str(report)]) == 0
+    train_set = ["--annotations", str(root / "annotations" / "train.json"), "--images", str(root / "train")]
+    assert main(["check-dataset", *train_set, "--on-bad-input", "skip", "--report", str(report)]) == 0
     assert "skipped 1 image(s) and " in caplog.text and "polygon has 2 point(s)" in caplog.text
-    assert main(["split", "--config", str(config_file), "--label-percent", "50", "--fold", "1", "--out-dir", str(split),
-                 "--dataset-check", str(report)]) == 0
+    assert main(["split", "--config", str(config_file), *train_set, "--label-percent", "50", "--fold", "1",
+                 "--out-dir", str(split), "--dataset-check", str(report)]) == 0
     manifest = json.loads((split / "manifest.json").read_text())
     assert manifest["num_images"] == len(coco["images"]) - 1
     assert coco["images"][2]["id"] not in [image["id"] for image in json.loads((split / "unlabeled.json").read_text())["images"]]
     assert main(["train", "--config", str(config_file), "--method", "supervised", "--label-percent", "50", "--fold", "1",
-                 "--split-dir", str(split), "--out-dir", str(run)]) == 0
+                 *train_file_args(split, root / "train"), "--out-dir", str(run)]) == 0
     record = json.loads((run / "run.json").read_text())["dataset_check"]
     assert record["policy"] == "skip" and record["skipped_images"] == 1
     assert record["errors_by_kind"] == {"polygon_too_few_points": 1, "unreadable_file": 1}
     # A report of an older version of the file is refused rather than applied to the wrong items.
     (root / "annotations" / "train.json").write_text(json.dumps(coco, indent=1))
-    assert main(["split", "--config", str(config_file), "--label-percent", "50", "--fold", "1",
+    assert main(["split", "--config", str(config_file), *train_set, "--label-percent", "50", "--fold", "1",
                  "--out-dir", str(tmp_path / "split2"), "--dataset-check", str(report)]) == 1
     assert "changed since it was checked" in capsys.readouterr().err
     TALLY["skip-and-count run"] += 1
@@ -509,8 +520,7 @@ CONFIG_CASES = [
     ("lr step beyond iterations", _with("train.lr_steps", [40]), ["train.lr_steps: [40]", "beyond train.iterations"]),
     ("ImageNet weights for the tiny backbone", _with("model.backbone_weights", "imagenet"),
      ["model.backbone_weights", "'imagenet'", "tiny"]),
-    ("weights file missing", _with("model.backbone_weights", "no/such/file.pt"),
-     ["model.backbone_weights", "'no/such/file.pt'", "existing file"]),
+    ("unknown network", _with("networks", ["mask rcnn"]), ["networks.0", "'mask rcnn'"]),
     ("test size above max size", _with("model.max_size", 32), ["model.max_size: 32", "[64, 64]"]),
     ("score threshold keeping nothing", _with("train.pseudo_label.score_threshold", 1.0),
      ["train.pseudo_label.score_threshold: 1.0", "no detection"]),
@@ -540,6 +550,14 @@ def test_bad_config_file(tmp_path, text, expected):
     with pytest.raises(ConfigError, match=expected) as error:
         load_config([path])
     assert str(path) in str(error.value)
+    TALLY["bad config"] += 1
+
+
+def test_missing_backbone_weights_file_names_the_key_and_the_file(micro_config):
+    """A weights file is a file the train rule hands over, or the user's: missing, it stops the run at the start."""
+    model = {**micro_config["model"], "backbone_weights": "no/such/file.pt"}
+    with pytest.raises(FileNotFoundError, match=r"model\.backbone_weights: weights file not found: no/such/file\.pt"):
+        build_model(model, 3)
     TALLY["bad config"] += 1
 
 
@@ -576,8 +594,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, micro_config):
     split = tmp_path / "split"
     dataset = Path(micro_config["dataset"]["train_annotations"]).parents[1]
     write_split(dataset / "annotations" / "train.json", split, 25, fold=1, seed=0)
-    trainer = Trainer(micro_config, "supervised", split / "labeled.json", split / "unlabeled.json", dataset / "train",
-                      tmp_path / "run")
+    trainer = split_trainer(micro_config, "supervised", split, dataset / "train", tmp_path / "run")
     (tmp_path / "run" / "work").mkdir(parents=True)
     shutil.copy(evil, tmp_path / "run" / "work" / "last.pt")
     with pytest.raises(ValueError, match="cannot load weights"):
@@ -634,8 +651,7 @@ def _micro_trainer(config, tmp_path, name):
     if not split.exists():
         write_split(dataset / "annotations" / "train.json", split, 25, fold=1, seed=0)
     torch.set_num_threads(1)
-    return Trainer(config, "supervised", split / "labeled.json", split / "unlabeled.json", dataset / "train",
-                   tmp_path / name, run_info={"label_percent": 25.0, "fold": 1})
+    return split_trainer(config, "supervised", split, dataset / "train", tmp_path / name)
 
 
 def _poison(trainer, monkeypatch, steps: set[int]) -> None:
@@ -643,7 +659,7 @@ def _poison(trainer, monkeypatch, steps: set[int]) -> None:
 
     def poisoned(images, targets):
         losses = original(images, targets)
-        if trainer.step in steps:
+        if trainer.iteration in steps:
             losses["loss_box_reg"] = losses["loss_box_reg"] * float("inf")
         return losses
 

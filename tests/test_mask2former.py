@@ -11,15 +11,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from gdis.builder import build_optimizer, lr_factor
 from gdis.config import ARCH_BACKBONES, ConfigError, deep_merge, read_yaml, validate_config
-from gdis.engine import autocast, build_optimizer, lr_factor
 from gdis.models import build_model
 from gdis.models.backbones import BACKBONES
 from gdis.models.mask2former import instance_inference, select_pseudo_label_queries
+from gdis.trainer import autocast
 from tests.conftest import resnet50_in_torch_cache
 
 REPO = Path(__file__).resolve().parents[1]
-PRESET = read_yaml(REPO / "config" / "presets" / "mask2former_tiny_cpu.yaml")
+PRESET = read_yaml(REPO / "config" / "networks" / "mask2former_tiny.yaml")
 CONFIG = validate_config(deep_merge(PRESET, {"dataset": {"name": "x", "source": "synthetic"},
                                              "model": {"min_size": [64], "test_size": 64}}))
 MODEL = CONFIG["model"]
@@ -247,16 +248,16 @@ def test_bf16_autocast_keeps_the_loss_in_float32(model):
 @pytest.mark.slow
 def test_micro_guided_distillation_with_mask2former(workflow_copy):
     (workflow_copy / "mask2former.yaml").write_text(
-        "methods: [supervised, guided_distillation]\nsplits: {include_full: false}\n"
+        "methods: [supervised, guided_distillation]\nsplits: {include_full: false}\nnetworks: [mask2former_tiny]\n"
     )
     result = subprocess.run(
-        ["snakemake", "--cores", "2", "--configfile", "config/micro.yaml", "config/presets/mask2former_tiny_cpu.yaml",
-         "mask2former.yaml"], cwd=workflow_copy, capture_output=True, text=True, timeout=900)
+        ["snakemake", "--cores", "2", "--configfile", "config/micro.yaml", "mask2former.yaml"],
+        cwd=workflow_copy, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(workflow_copy / "results" / "tables" / "micro.csv")
     assert set(table["arch"]) == {"mask2former"}
     assert set(zip(table["method"], table["model"])) == {
         ("supervised", "student"), ("guided_distillation", "student"), ("guided_distillation", "ema_teacher")}
-    log = pd.read_json(workflow_copy / "results" / "models" / "micro" / "mask2former" / "tiny" / "guided_distillation"
+    log = pd.read_json(workflow_copy / "results" / "models" / "micro" / "mask2former_tiny" / "guided_distillation"
                        / "25pct" / "fold1" / "train_log.jsonl", lines=True)
     assert log["loss_unsupervised"].notna().all() and "pseudo_labels_per_image" in log

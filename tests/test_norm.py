@@ -27,7 +27,7 @@ MASK_RCNN = validate_config(deep_merge(DATASET, {"model": {"backbone": "resnet50
 SMALL_TRANSFORMER = {"num_queries": 4, "encoder_layers": 1, "decoder_layers": 2, "hidden_dim": 32,
                      "num_attention_heads": 2, "dim_feedforward": 32, "encoder_feedforward_dim": 32,
                      "train_num_points": 64}
-PRESET = read_yaml(REPO / "config" / "presets" / "mask2former_tiny_cpu.yaml")
+PRESET = read_yaml(REPO / "config" / "networks" / "mask2former_tiny.yaml")
 MASK2FORMER = validate_config(deep_merge(deep_merge(PRESET, DATASET),
                                          {"model": {**SMALL, "mask2former": SMALL_TRANSFORMER}}))["model"]
 STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # detectron2's stem, res2 ... res5
@@ -175,7 +175,7 @@ def test_norm_keys_are_checked(model, message):
 def test_plans_normalise_as_the_reference():
     config = load_config([REPO / "config" / "config.yaml"])
     assert config["model"]["norm"] == "auto" and config["model"]["frozen_stages"] is None
-    cityscapes = load_config([REPO / "config" / "config.yaml", REPO / "config" / "cityscapes.yaml"])
+    cityscapes = load_config([REPO / "config" / "config.yaml", REPO / "config" / "datasets" / "cityscapes.yaml"])
     assert cityscapes["model"]["norm"] == "sync"  # Base-Cityscapes-InstanceSegmentation.yaml: NORM "SyncBN"
 
 

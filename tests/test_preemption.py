@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from gdis.engine import load_checkpoint
+from gdis.checkpoint import load_checkpoint
 from gdis.splits import write_split
-from tests.conftest import REPO
+from tests.conftest import REPO, train_file_args
 
 ITERATIONS = 12
 
@@ -31,16 +31,18 @@ def run_setup(micro_dataset, tmp_path_factory) -> dict:
                          "val_images": str(micro_dataset / "val"),
                          "val_annotations": str(micro_dataset / "annotations" / "val.json")}
     config["train"].update(iterations=ITERATIONS, burn_in=4, lr_steps=[9], checkpoint_period=3, threads=1)
+    config["dataset"]["train_images"] = "/nonexistent"  # gdis train reads the images folder it is given
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     config["train"]["checkpoint_period"] = ITERATIONS + 1  # only a signal writes a checkpoint
     (root / "no_periodic_checkpoints.yaml").write_text(yaml.safe_dump(config))
-    return {"root": root, "split": root / "split"}
+    return {"root": root, "split": root / "split", "images": micro_dataset / "train"}
 
 
 def _command(setup: dict, out_dir: Path, config: str = "config.yaml") -> list[str]:
     return [sys.executable, "-m", "gdis.cli", "train", "--config", str(setup["root"] / config),
             "--method", "standard_burnin",
-            "--label-percent", "25", "--fold", "1", "--split-dir", str(setup["split"]), "--out-dir", str(out_dir)]
+            "--label-percent", "25", "--fold", "1", *train_file_args(setup["split"], setup["images"]),
+            "--out-dir", str(out_dir)]
 
 
 def _env() -> dict:

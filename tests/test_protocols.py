@@ -8,7 +8,6 @@ import subprocess
 import numpy as np
 import pytest
 
-from gdis.config import dataset_plans
 from gdis.protocols import read_image_list, stac_labeled_indices
 from gdis.report import render_csv
 from gdis.splits import choose_labeled, write_split
@@ -88,13 +87,12 @@ def test_list_protocol_reads_ids_file_names_and_cityscapes_annotation_names(tmp_
     listing.write_text("# labelled images\n11\nbochum_000000_000313_gtFine_instanceIds.png\n\n"
                        "aachen/aachen_000000_000019_leftImg8bit.png\n")
     assert read_image_list(listing, images) == [7, 9, 11]
-    template = str(tmp_path / "perc_{percent}.txt")
-    assert choose_labeled(images, "list", 5.0, 1, 0, template) == [7, 9, 11]
+    assert choose_labeled(images, "list", 5.0, 1, 0, listing) == [7, 9, 11]
     listing.write_text("11\nmissing_000000_000019_leftImg8bit.png\n")
     with pytest.raises(ValueError, match=r"perc_5.txt, line 2: 'missing_000000_000019_leftImg8bit.png' matches no"):
         read_image_list(listing, images)
     with pytest.raises(FileNotFoundError, match=r"perc_10.txt \(splits.list_file\)"):
-        choose_labeled(images, "list", 10, 1, 0, template)
+        choose_labeled(images, "list", 10, 1, 0, tmp_path / "perc_10.txt")
 
 
 def test_extra_unlabeled_images_join_the_unlabeled_set(tmp_path):
@@ -104,19 +102,6 @@ def test_extra_unlabeled_images_join_the_unlabeled_set(tmp_path):
     manifest = write_split(source, tmp_path / "split", 10, 1, 0, protocol="stac", extra_unlabeled=extra)
     unlabeled = json.loads((tmp_path / "split" / "unlabeled.json").read_text())
     assert manifest["num_unlabeled"] == 51 == len(unlabeled["images"]) and manifest["num_extra_unlabeled"] == 1
-
-
-def test_target_names_select_the_dataset_plan(tmp_path):
-    for name in ("coco", "cityscapes"):
-        (tmp_path / f"{name}.yaml").write_text("{}")
-    plan = str(tmp_path / "coco.yaml")
-    assert dataset_plans(["results/tables/coco.csv"], tmp_path) == [plan]
-    assert dataset_plans(["results/plots/coco_training.png", "results/splits/coco/1pct/fold1/labeled.json"],
-                         tmp_path) == [plan]
-    assert dataset_plans(["data/coco/annotations/instances_train2017.json"], tmp_path) == [plan]
-    assert dataset_plans([], tmp_path) == [] and dataset_plans(["results/tables/shapes.csv"], tmp_path) == []
-    with pytest.raises(ValueError, match="several dataset plans"):
-        dataset_plans(["results/tables/coco.csv", "results/tables/cityscapes.csv"], tmp_path)
 
 
 def test_table_rows_carry_the_protocol_and_the_published_number():
@@ -147,13 +132,25 @@ def _dry_run(workflow_copy, *args) -> str:
                                                ("cityscapes", ["5", "10", "20", "30"])])
 def test_dry_run_plans_the_paper_table_without_the_data(workflow_copy, dataset, percents):
     out = _dry_run(workflow_copy, f"results/tables/{dataset}.csv")
+    prepare = f"prepare_{'coco2017' if dataset == 'coco' else dataset}"
     counts = dict(line.split()[:2] for line in out.splitlines() if line.split()[:1] and line.split()[0] in (
-        "prepare_dataset", "split", "train_supervised", "train_distillation", "evaluate", "table"))
+        prepare, "split", "train_supervised", "train_distillation", "evaluate", "table"))
     n = len(percents)
-    assert counts == {"prepare_dataset": "1", "split": str(n), "train_supervised": str(n),
+    assert counts == {prepare: "1", "split": str(n), "train_supervised": str(n),
                       "train_distillation": str(2 * n), "evaluate": str(5 * n), "table": "1"}
     for percent in percents:
         assert f"results/splits/{dataset}/{percent}pct/fold1/manifest.json" in out
-        assert f"results/eval/{dataset}/mask_rcnn/resnet50_fpn/guided_distillation/{percent}pct/fold1/ema_teacher.json" in out
-    explicit = _dry_run(workflow_copy, f"results/plots/{dataset}.png", "--configfile", f"config/{dataset}.yaml")
-    assert "plot" in explicit and "prepare_dataset" in explicit
+        assert f"results/eval/{dataset}/mask_rcnn_r50/guided_distillation/{percent}pct/fold1/ema_teacher.json" in out
+    explicit = _dry_run(workflow_copy, f"results/plots/{dataset}.png", "--configfile", f"config/datasets/{dataset}.yaml")
+    assert "plot" in explicit and prepare in explicit
+
+
+@pytest.mark.slow
+def test_one_dry_run_plans_every_dataset(workflow_copy):
+    """The dataset is a wildcard of the target: one invocation plans the paper tables and the demo's."""
+    out = _dry_run(workflow_copy, "-p", "results/tables/coco.csv", "results/tables/cityscapes.csv",
+                   "results/tables/shapes.csv")
+    for dataset, network in (("coco", "mask_rcnn_r50"), ("cityscapes", "mask_rcnn_r50"), ("shapes", "mask_rcnn_tiny")):
+        assert f"results/eval/{dataset}/{network}/supervised/" in out
+    assert "gdis train --config config/config.yaml config/datasets/coco.yaml config/networks/mask_rcnn_r50.yaml " in out
+    assert "gdis train --config config/config.yaml config/networks/mask_rcnn_tiny.yaml " in out

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from gdis.engine import load_checkpoint
+from gdis.checkpoint import load_checkpoint
 from gdis.splits import write_split
-from tests.conftest import REPO, service_unavailable
+from tests.conftest import REPO, service_unavailable, train_file_args
 from tests.slurm_cluster import SlurmCluster, missing_requirements
 
 pytestmark = pytest.mark.slow
@@ -102,7 +102,7 @@ def test_preempted_training_job_checkpoints_requeues_and_finishes(slurm, micro_c
     write_split(micro_dataset / "annotations" / "train.json", tmp_path / "split", 25, fold=1, seed=0)
     log = tmp_path / "job.log"
     train = (f"gdis train --config {tmp_path / 'config.yaml'} --method supervised --label-percent 25 --fold 1 "
-             f"--split-dir {tmp_path / 'split'} --out-dir {tmp_path / 'run'}")
+             f"{' '.join(train_file_args(tmp_path / 'split', micro_dataset / 'train'))} --out-dir {tmp_path / 'run'}")
     job_id = subprocess.run(
         ["sbatch", "--parsable", "--requeue", "--open-mode=append", "-o", str(log), "-t", "10",
          "--wrap", f"exec srun {train}"],

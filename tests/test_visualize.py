@@ -10,6 +10,7 @@ from PIL import Image
 from gdis.cli import main
 from gdis.models.mask_rcnn import filter_pseudo_labels, pseudo_label_decisions
 from gdis.visualize import Instance, compose_grid, mask_outline, overlay_masks, render_panel, sample_ids
+from tests.conftest import gallery_file_args, train_file_args
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -89,11 +90,13 @@ def test_gallery_and_visualize_commands(micro_config_file, micro_dataset, tmp_pa
     split = tmp_path / "split"
     run = tmp_path / "run"
     config = ["--config", str(micro_config_file)]
-    assert main(["split", *config, "--label-percent", "25", "--fold", "1", "--out-dir", str(split)]) == 0
+    train_set = ["--annotations", str(micro_dataset / "annotations" / "train.json"), "--images",
+                 str(micro_dataset / "train")]
+    assert main(["split", *config, *train_set, "--label-percent", "25", "--fold", "1", "--out-dir", str(split)]) == 0
     assert main(["train", *config, "--method", "supervised", "--label-percent", "25", "--fold", "1",
-                 "--split-dir", str(split), "--out-dir", str(run)]) == 0
+                 *train_file_args(split, micro_dataset / "train"), "--out-dir", str(run)]) == 0
     val_png, unlabeled_png = tmp_path / "val.png", tmp_path / "unlabeled.png"
-    assert main(["gallery", *config, "--checkpoint", str(run / "model_final.pt"), "--split-dir", str(split),
+    assert main(["gallery", *config, "--checkpoint", str(run / "model_final.pt"), *gallery_file_args(split, micro_dataset),
                  "--val-out", str(val_png), "--unlabeled-out", str(unlabeled_png)]) == 0
     cell = 192  # figures.cell_size's default
     for png, columns in ((val_png, 2), (unlabeled_png, 3)):

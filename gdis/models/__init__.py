@@ -45,7 +45,10 @@ def build_model(model_config: dict, num_categories: int, load_weights: bool = Tr
     model = ARCHITECTURES[model_config["arch"]].builder()(num_categories + 1, model_config)
     spec = model_config["backbone_weights"]
     if load_weights and spec:
-        model.load_backbone_weights(spec)
+        try:
+            model.load_backbone_weights(spec)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"model.backbone_weights: {error}") from None
         log.info("backbone initialised from %s", spec)
     elif load_weights:
         log.info("backbone randomly initialised (model.backbone_weights is null)")

@@ -4,20 +4,16 @@
 
 rule check_dataset:
     input:
-        annotations=lambda wildcards: DATA[f"{wildcards.subset}_annotations"],
-        images=lambda wildcards: DATA[f"{wildcards.subset}_images"],
+        annotations=lambda wildcards: dataset_paths(plan(wildcards))[f"{wildcards.subset}_annotations"],
+        images=lambda wildcards: dataset_paths(plan(wildcards))[f"{wildcards.subset}_images"],
     output:
         report=f"{CHECK_DIR}/{{subset}}.json",
     params:
-        config=CONFIG_ARGS,
-        config_params=config_params("dataset"),
+        on_bad_input=config_value("dataset.on_bad_input"),
     log:
         f"{LOG_DIR}/check_dataset/{{subset}}.log",
-    wildcard_constraints:
-        subset="train|val",
-    conda:
-        SOFTWARE_ENV
     resources:
-        **resources_of("light"),
+        **job_resources("light"),
     shell:
-        "gdis check-dataset --config {params.config} --subset {wildcards.subset} --report {output.report} 2> {log}"
+        "gdis check-dataset --annotations {input.annotations} --images {input.images} "
+        "--on-bad-input {params.on_bad_input} --report {output.report} 2> {log}"

@@ -1,146 +1,178 @@
-# Validated config, wildcard constraints, result paths and input functions shared by all rules.
+# The plans (config files per dataset and network), wildcard constraints, result paths and input functions.
+# A job's dataset and network come from the wildcards of the file asked for; gdis.plans says which config
+# files make their plan, and every command receives exactly those files.
+import os
+import re
 import shlex
-import sys
 from pathlib import Path
 
-from snakemake.io import flag
-
-from gdis.config import ConfigError, dataset_paths, dataset_plans, extra_unlabeled_paths, format_percent, load_config, validate_config
-from gdis.distill import DISTILLATION_METHODS, GUIDED, METHODS, SUPERVISED, SUPERVISED_BURN_IN
-from gdis.distributed import launcher, scheduler_resources
+from gdis.config import ConfigError, dataset_paths, extra_unlabeled_paths, format_percent
+from gdis.distill import METHODS, SUPERVISED, SUPERVISED_BURN_IN
+from gdis.distributed import SCHEDULER_RESOURCES, launcher, scheduler_resources
+from gdis.plans import Plans
 from gdis.protocols import list_path
 
-DEFAULT_CONFIG = "config/config.yaml"
-
 if workflow.config_settings.config:
-    raise WorkflowError(
-        "--config KEY=VALUE overrides are not passed on to the gdis commands; "
-        "write them in a YAML file and add it with --configfile FILE"
-    )
+    raise WorkflowError("--config KEY=VALUE overrides are not passed on to the gdis commands; "
+                        "write them in a YAML file and add it with --configfile FILE")
 
-
-def requested_targets():
-    """The targets asked for. Snakemake sets its DAG settings only after reading the Snakefile,
-    so on the command line they are read from the arguments with Snakemake's own parser."""
-    if workflow.dag_settings is not None:
-        return list(workflow.dag_settings.targets)
-    from snakemake.cli import get_argument_parser
-
-    argv = sys.argv[1:]
-    explicit = argv[argv.index("--") + 1 :] if "--" in argv else []
-    try:
-        known, _ = get_argument_parser().parse_known_args(argv[: len(argv) - len(explicit) - bool(explicit)])
-    except SystemExit:
-        return explicit
-    return list(known.targets) + explicit
-
-
-# A target under results/ or data/ that names a dataset with a plan, config/<name>.yaml (e.g.
-# results/tables/coco.csv), adds that plan right after the default config; --configfile files still win.
-try:
-    DATASET_PLANS = dataset_plans(requested_targets(), "config")
-except ValueError as error:
-    raise WorkflowError(str(error)) from None
 # Files inside the working directory are named relatively, so commands (and dvc.yaml) do not depend on the checkout's place.
 USER_CONFIGS = [
     os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else str(path)
     for path in workflow.config_settings.configfiles
 ]
-# The gdis commands receive the same files, merged in the same order, as this workflow.
-CONFIG_FILES = [DEFAULT_CONFIG] + [plan for plan in DATASET_PLANS if plan not in USER_CONFIGS] + USER_CONFIGS
+PLANS = Plans(USER_CONFIGS)
 try:
-    validated = load_config(CONFIG_FILES)
-    if CONFIG_FILES == [DEFAULT_CONFIG] + USER_CONFIGS:
-        assert validate_config(config) == validated, "merged config files differ from Snakemake's config"
+    DEFAULT_DATASET = PLANS.default_dataset  # the demo's, or the one the user's files name: what `rule all` builds
+    # Snakemake's `config` (read by the report's captions) becomes the default dataset's validated plan.
+    config.clear()
+    config.update(PLANS.config(DEFAULT_DATASET))
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
-config.clear()
-config.update(validated)
-CONFIG_ARGS = " ".join(CONFIG_FILES)
-SOFTWARE_ENV = "../../environment.yml"
 
-DATASET = config["dataset"]["name"]
-NETWORK = f"{config['model']['arch']}/{config['model']['backbone']}"
-DATA = dataset_paths(config)
-EXTRA_UNLABELED = extra_unlabeled_paths(config)
-PERCENTS = [format_percent(p) for p in config["splits"]["label_percents"]]
-FOLDS = config["splits"]["folds"]
-FULL = format_percent(100)
+
+def planned_config(dataset, network=None) -> dict:
+    """The validated config of ``dataset`` (and ``network``); a config error stops the workflow, naming the key."""
+    try:
+        return PLANS.config(dataset, network)
+    except ConfigError as error:
+        raise WorkflowError(str(error)) from None
+
+
+def plan(wildcards) -> dict:
+    """The validated config of a job's dataset (and network, when the job has one)."""
+    return planned_config(wildcards.dataset, wildcards.get("network"))
+
+
+def config_args(wildcards) -> str:
+    """The job's config files, as the --config arguments of its gdis command."""
+    plan(wildcards)
+    return " ".join(PLANS.files(wildcards.dataset, wildcards.get("network")))
+
+
+def datasets_of_source(*sources) -> str:
+    """Wildcard constraint: the known datasets (the default one and config/datasets/*) with one of ``sources``."""
+    names = [name for name in PLANS.known_datasets() if PLANS.source(name) in sources]
+    return "|".join(map(re.escape, names)) or "(?!)"
 
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    network=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     percent=r"[0-9]+(\.[0-9]+)?",
     fold=r"[0-9]+",
     method="|".join(METHODS),
     model="student|ema_teacher",
+    subset="train|val",
 
 
-SPLIT_DIR = f"results/splits/{DATASET}/{{percent}}pct/fold{{fold}}"
-RUN_DIR = f"results/models/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
-SUPERVISED_RUN_DIR = f"results/models/{DATASET}/{NETWORK}/{SUPERVISED}/{{percent}}pct/fold{{fold}}"
-EVAL_DIR = f"results/eval/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
-LOG_DIR = f"results/logs/{DATASET}"
-FIGURE_DIR = f"results/figures/{DATASET}/{NETWORK}/{{method}}/{{percent}}pct/fold{{fold}}"
-CHECK_DIR = f"results/checks/{DATASET}"
+DATA_DIR = "data/{dataset}"
+CHECK_DIR = "results/checks/{dataset}"
+SPLIT_DIR = "results/splits/{dataset}/{percent}pct/fold{fold}"
+RUN_DIR = "results/models/{dataset}/{network}/{method}/{percent}pct/fold{fold}"
+SUPERVISED_RUN_DIR = f"results/models/{{dataset}}/{{network}}/{SUPERVISED}/{{percent}}pct/fold{{fold}}"
+EVAL_DIR = "results/eval/{dataset}/{network}/{method}/{percent}pct/fold{fold}"
+FIGURE_DIR = "results/figures/{dataset}/{network}/{method}/{percent}pct/fold{fold}"
+LOG_DIR = "results/logs/{dataset}"
+FULL = format_percent(100)
 
 
-def runs():
-    """(method, percent, fold) of every training run the config asks for."""
+def dataset_dir(wildcards):
+    return DATA_DIR.format(dataset=wildcards.dataset)
+
+
+def runs(dataset):
+    """(network, method, percent, fold) of every training run planned for ``dataset``."""
+    config = planned_config(dataset)
+    percents = [format_percent(p) for p in config["splits"]["label_percents"]]
+    folds = config["splits"]["folds"]
     planned = [
         (method, percent, fold)
         for method in config["methods"]
-        for percent in PERCENTS
-        for fold in FOLDS
-        if not (percent == FULL and method in DISTILLATION_METHODS)
+        for percent in percents
+        for fold in folds
+        if not (percent == FULL and METHODS[method].distills)
     ]
-    if config["splits"]["include_full"] and SUPERVISED in config["methods"] and FULL not in PERCENTS:
-        planned += [(SUPERVISED, FULL, fold) for fold in FOLDS]
-    return planned
+    if config["splits"]["include_full"] and SUPERVISED in config["methods"] and FULL not in percents:
+        planned += [(SUPERVISED, FULL, fold) for fold in folds]
+    return [(network, *run) for network in config["networks"] for run in planned]
 
 
-def evaluated_networks():
-    """(method, percent, fold, model): the student of every run, and the EMA teacher of distillation runs."""
-    for method, percent, fold in runs():
-        yield method, percent, fold, "student"
-        if method in DISTILLATION_METHODS:
-            yield method, percent, fold, "ema_teacher"
+def evaluated_networks(dataset):
+    """(network, method, percent, fold, model): the student of every run, and the EMA teacher of distillation runs."""
+    for network, method, percent, fold in runs(dataset):
+        yield network, method, percent, fold, "student"
+        if METHODS[method].distills:
+            yield network, method, percent, fold, "ema_teacher"
 
 
-def metrics_files():
+def run_path(template, dataset, network, method, percent, fold, **more):
+    return template.format(dataset=dataset, network=network, method=method, percent=percent, fold=fold, **more)
+
+
+def metrics_files(wildcards):
     return [
-        f"{EVAL_DIR}/{model}.json".format(method=method, percent=percent, fold=fold)
-        for method, percent, fold, model in evaluated_networks()
+        run_path(f"{EVAL_DIR}/{model}.json", wildcards.dataset, network, method, percent, fold)
+        for network, method, percent, fold, model in evaluated_networks(wildcards.dataset)
     ]
 
 
-def gallery_files():
+def gallery_files(dataset):
     return [
-        f"{FIGURE_DIR}/{images}.png".format(method=method, percent=percent, fold=fold)
-        for method, percent, fold in runs()
+        run_path(f"{FIGURE_DIR}/{images}.png", dataset, *run)
+        for run in runs(dataset)
         for images in ("val", "unlabeled")
     ]
 
 
-def train_logs():
+def train_logs(dataset):
     """{label: train_log.jsonl} of every run, for the training-curves plot."""
     return {
-        f"{method} {percent}% fold {fold}": f"{RUN_DIR}/train_log.jsonl".format(method=method, percent=percent, fold=fold)
-        for method, percent, fold in runs()
+        f"{network} {method} {percent}% fold {fold}": run_path(f"{RUN_DIR}/train_log.jsonl", dataset, network, method,
+                                                               percent, fold)
+        for network, method, percent, fold in runs(dataset)
     }
+
+
+def curve_logs(wildcards):
+    return list(train_logs(wildcards.dataset).values())
+
+
+def curve_log_args(wildcards):
+    return " ".join(shlex.quote(f"{label}={path}") for label, path in train_logs(wildcards.dataset).items())
+
+
+def report_outputs(dataset):
+    return [
+        f"results/tables/{dataset}.csv",
+        f"results/tables/{dataset}.md",
+        f"results/plots/{dataset}.png",
+        f"results/plots/{dataset}_training.png",
+        f"results/plots/{dataset}_training.csv",
+        f"results/tensorboard/{dataset}",
+        *gallery_files(dataset),
+    ]
+
+
+def backbone_weights_file(wildcards):
+    """The network's model.backbone_weights when it is a file (made by a rule, or the user's); [] for the caches."""
+    weights = plan(wildcards)["model"]["backbone_weights"]
+    return [] if weights in (None, "imagenet", "pretrained") else weights
 
 
 def train_inputs(wildcards):
     inputs = {
         "labeled": f"{SPLIT_DIR}/labeled.json".format(**wildcards),
         "unlabeled": f"{SPLIT_DIR}/unlabeled.json".format(**wildcards),
-        "images": DATA["train_images"],
-        "val_check": f"{CHECK_DIR}/val.json",  # a broken val set stops the run before training, not after
+        "manifest": f"{SPLIT_DIR}/manifest.json".format(**wildcards),
+        "images": dataset_paths(plan(wildcards))["train_images"],
+        "val_check": f"{CHECK_DIR}/val.json".format(**wildcards),  # only ordering: a broken val set stops the run first
+        "backbone_weights": backbone_weights_file(wildcards),
     }
-    supervised_run = SUPERVISED_RUN_DIR.format(percent=wildcards.percent, fold=wildcards.fold)
+    supervised_run = SUPERVISED_RUN_DIR.format(**wildcards)
     method = METHODS[wildcards.get("method", SUPERVISED)]
     if method.distills:  # hidden annotations: pseudo-label quality
-        inputs["annotations"] = DATA["train_annotations"]
+        inputs["hidden_annotations"] = dataset_paths(plan(wildcards))["train_annotations"]
     if method.needs_teacher:
         inputs["teacher"] = f"{supervised_run}/model_final.pt"
     if method.starts_from == SUPERVISED_BURN_IN:
@@ -148,18 +180,14 @@ def train_inputs(wildcards):
     return inputs
 
 
-def start_options(wildcards, input):
-    """gdis train options naming what a distillation run starts from: its teacher or the supervised burn-in."""
-    if "teacher" in input.keys():
-        return f"--teacher {input.teacher}"
-    return f"--burn-in-checkpoint {input.burn_in_checkpoint}"
+def file_options(*names):
+    """Params function: ``--name path`` for each of ``names`` the job's input has (names with _ as -)."""
 
+    def options(wildcards, input):
+        given = [name for name in names if name in input.keys() and input[name]]
+        return " ".join(f"--{name.replace('_', '-')} {shlex.quote(str(input[name]))}" for name in given)
 
-def supervised_burn_in_output():
-    """A supervised run saves its state at step burn_in, which standard_burnin continues from."""
-    if config["train"]["burn_in"] < config["train"]["iterations"]:
-        return {"burn_in": f"{SUPERVISED_RUN_DIR}/burn_in.pt"}
-    return {}
+    return options
 
 
 def training_priority(wildcards):
@@ -168,46 +196,54 @@ def training_priority(wildcards):
     Supervised runs that distillation waits for, then guided distillation (the longest runs), then the
     100 % upper bound, then standard burn-in (which continues a supervised run for the last few steps).
     """
-    method = wildcards.get("method", SUPERVISED)
-    if method == SUPERVISED:
+    method = METHODS[wildcards.get("method", SUPERVISED)]
+    if method.name == SUPERVISED:
         return 4 if wildcards.percent == FULL else 10
-    return 8 if method == GUIDED else 2
+    return 8 if method.needs_teacher else 2
 
 
-def split_list_file(wildcards):
-    """The user's list of labelled images of this split (protocol 'list'), tracked once it exists.
+def split_inputs(wildcards):
+    """The training annotations, the dataset check, extra unlabelled images and the user's list of labelled images.
 
-    A list not yet placed is no input, so a dry run plans on a machine without the data; the
-    split job itself then stops with the path it looked for.
+    A list not yet placed (protocol 'list') is no input, so a dry run plans on a machine without the data;
+    the split job itself then stops with the path it looked for.
     """
-    if config["splits"]["protocol"] != "list":
-        return []
-    path = list_path(config["splits"]["list_file"], float(wildcards.percent), int(wildcards.fold))
-    return str(path) if path.exists() else []
-
-
-def report_outputs():
-    return [
-        f"results/tables/{DATASET}.csv",
-        f"results/tables/{DATASET}.md",
-        f"results/plots/{DATASET}.png",
-        f"results/plots/{DATASET}_training.png",
-        f"results/plots/{DATASET}_training.csv",
-        f"results/tensorboard/{DATASET}",
-        *gallery_files(),
-    ]
+    config = plan(wildcards)
+    inputs = {
+        "annotations": dataset_paths(config)["train_annotations"],
+        "images": dataset_paths(config)["train_images"],
+        "check": f"{CHECK_DIR}/train.json".format(**wildcards),
+    }
+    extra = extra_unlabeled_paths(config)
+    if extra:
+        inputs["extra_unlabeled_info"] = extra["image_info"]
+        inputs["extra_unlabeled_images"] = extra["images"]
+    if config["splits"]["protocol"] == "list":
+        path = list_path(config["splits"]["list_file"], float(wildcards.percent), int(wildcards.fold))
+        if path.exists():
+            inputs["label_list"] = str(path)
+    return inputs
 
 
 def config_params(*keys):
-    """{key: value} of the dotted config keys a rule's command reads. A changed value reruns the rule
-    (Snakemake's params trigger), and `gdis dvc yaml` lists the keys as the stage's DVC params."""
-    values = {}
-    for key in keys:
-        value = config
-        for part in key.split("."):
-            value = value[part]
-        values[key] = value
+    """Params function: {key: value} of the dotted config keys a rule's command reads. A changed value reruns
+    the rule (Snakemake's params trigger), and `gdis dvc yaml` lists the keys as the stage's DVC params."""
+
+    def values(wildcards):
+        config, found = plan(wildcards), {}
+        for key in keys:
+            value = config
+            for part in key.split("."):
+                value = value[part]
+            found[key] = value
+        return found
+
     return values
+
+
+def config_value(key):
+    """Params function: one dotted config key of the job's plan."""
+    return lambda wildcards: config_params(key)(wildcards)[key]
 
 
 def metrics(path):
@@ -220,20 +256,30 @@ def plot(path, **properties):
     return flag(path, "dvc_plots", properties)
 
 
+def job_resources(kind):
+    """Resources of a job of ``kind`` (train, evaluate, prepare, light) from its plan's `resources` section."""
+    return {
+        name: (lambda wildcards, name=name: scheduler_resources(plan(wildcards)["resources"][kind])[name])
+        for name in SCHEDULER_RESOURCES
+    }
+
+
+def threads_of(section):
+    return lambda wildcards: plan(wildcards)[section]["threads"]
+
+
+def train_launcher(wildcards):
+    """One training process per GPU given to the job (torchrun; srun across nodes), or a plain process,
+    started with `exec` so a scheduler's signal reaches training itself, not a shell in between."""
+    train = plan(wildcards)["resources"]["train"]
+    return " ".join(filter(None, ["exec", launcher(train["nodes"], train["gpus"])]))
+
+
 def write_report_after_run():
     """The HTML report, after a run of the default target that ran jobs (config report.after_run)."""
-    if requested_targets() not in ([], ["all"]) or not config["report"]["after_run"]:
+    config = planned_config(DEFAULT_DATASET)
+    if set(workflow.dag_settings.targets) - {"all"} or not config["report"]["after_run"]:
         return
     # One --configfile with every file: a repeated --configfile keeps only its last list.
     configfiles = " ".join(["--configfile", *map(shlex.quote, USER_CONFIGS)]) if USER_CONFIGS else ""
     shell(f"snakemake --snakefile {workflow.main_snakefile} --nolock --report {config['report']['path']} {configfiles}")
-
-
-def resources_of(kind):
-    return scheduler_resources(config["resources"][kind])
-
-
-# One training process per GPU given to the job (torchrun; srun across nodes), or a plain process,
-# started with `exec` so a scheduler's signal reaches training itself, not a shell in between.
-TRAIN_LAUNCHER = " ".join(filter(None, ["exec", launcher(config["resources"]["train"]["nodes"],
-                                                         config["resources"]["train"]["gpus"])]))

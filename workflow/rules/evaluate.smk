@@ -5,22 +5,21 @@ rule evaluate:
     input:
         checkpoint=f"{RUN_DIR}/model_final.pt",
         record=f"{RUN_DIR}/run.json",
-        annotations=DATA["val_annotations"],
-        images=DATA["val_images"],
+        annotations=lambda wildcards: dataset_paths(plan(wildcards))["val_annotations"],
+        images=lambda wildcards: dataset_paths(plan(wildcards))["val_images"],
         check=f"{CHECK_DIR}/val.json",
     output:
         predictions=f"{EVAL_DIR}/{{model}}_predictions.json",
         metrics=metrics(f"{EVAL_DIR}/{{model}}.json"),
     params:
-        config=CONFIG_ARGS,
+        config=config_args,
         config_params=config_params("model", "evaluate", "splits.protocol"),
     log:
-        f"{LOG_DIR}/evaluate/{NETWORK}/{{method}}_{{percent}}pct_fold{{fold}}_{{model}}.log",
-    threads: config["evaluate"]["threads"]
-    conda:
-        SOFTWARE_ENV
+        f"{LOG_DIR}/evaluate/{{network}}/{{method}}_{{percent}}pct_fold{{fold}}_{{model}}.log",
+    threads: threads_of("evaluate")
     resources:
-        **resources_of("evaluate"),
+        **job_resources("evaluate"),
     shell:
-        "gdis evaluate --config {params.config} --checkpoint {input.checkpoint} --model {wildcards.model} "
-        "--predictions {output.predictions} --metrics {output.metrics} --dataset-check {input.check} 2> {log}"
+        "gdis evaluate --config {params.config} --checkpoint {input.checkpoint} --run-record {input.record} "
+        "--model {wildcards.model} --annotations {input.annotations} --images {input.images} "
+        "--dataset-check {input.check} --predictions {output.predictions} --metrics {output.metrics} 2> {log}"

@@ -1,4 +1,5 @@
 # Training: the supervised model (also the pre-trained teacher), then the two distillation methods.
+# Each network of a dataset (its `networks`) is trained on the same splits.
 
 
 rule train_supervised:
@@ -6,26 +7,25 @@ rule train_supervised:
         unpack(train_inputs),
     output:
         checkpoint=f"{SUPERVISED_RUN_DIR}/model_final.pt",
+        burn_in=f"{SUPERVISED_RUN_DIR}/burn_in.pt",  # the state at train.burn_in, where standard_burnin continues
         log=f"{SUPERVISED_RUN_DIR}/train_log.jsonl",
         record=f"{SUPERVISED_RUN_DIR}/run.json",
-        **supervised_burn_in_output(),
     params:
-        config=CONFIG_ARGS,
+        config=config_args,
         config_params=config_params("model", "train"),
+        files=file_options("backbone_weights"),
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
-        split_dir=lambda wildcards, input: os.path.dirname(input.labeled),
-        launcher=TRAIN_LAUNCHER,
+        launcher=train_launcher,
     log:
-        f"{LOG_DIR}/train/{NETWORK}/{SUPERVISED}_{{percent}}pct_fold{{fold}}.log",
+        f"{LOG_DIR}/train/{{network}}/{SUPERVISED}_{{percent}}pct_fold{{fold}}.log",
     priority: training_priority
-    threads: config["train"]["threads"]
-    conda:
-        SOFTWARE_ENV
+    threads: threads_of("train")
     resources:
-        **resources_of("train"),
+        **job_resources("train"),
     shell:
         "{params.launcher} gdis train --config {params.config} --method supervised --label-percent {wildcards.percent} "
-        "--fold {wildcards.fold} --split-dir {params.split_dir} --out-dir {params.out_dir} 2> {log}"
+        "--fold {wildcards.fold} --labeled {input.labeled} --unlabeled {input.unlabeled} --manifest {input.manifest} "
+        "--images {input.images} {params.files} --out-dir {params.out_dir} 2> {log}"
 
 
 rule train_distillation:
@@ -36,22 +36,21 @@ rule train_distillation:
         log=f"{RUN_DIR}/train_log.jsonl",
         record=f"{RUN_DIR}/run.json",
     params:
-        config=CONFIG_ARGS,
+        config=config_args,
         config_params=config_params("model", "train"),
+        files=file_options("backbone_weights", "hidden_annotations", "teacher", "burn_in_checkpoint"),
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
-        split_dir=lambda wildcards, input: os.path.dirname(input.labeled),
-        start=start_options,
-        launcher=TRAIN_LAUNCHER,
+        launcher=train_launcher,
     log:
-        f"{LOG_DIR}/train/{NETWORK}/{{method}}_{{percent}}pct_fold{{fold}}.log",
+        f"{LOG_DIR}/train/{{network}}/{{method}}_{{percent}}pct_fold{{fold}}.log",
     wildcard_constraints:
-        method="|".join(DISTILLATION_METHODS),
+        method="|".join(name for name, method in METHODS.items() if method.distills),
     priority: training_priority
-    threads: config["train"]["threads"]
-    conda:
-        SOFTWARE_ENV
+    threads: threads_of("train")
     resources:
-        **resources_of("train"),
+        **job_resources("train"),
     shell:
-        "{params.launcher} gdis train --config {params.config} --method {wildcards.method} --label-percent {wildcards.percent} "
-        "--fold {wildcards.fold} --split-dir {params.split_dir} {params.start} --out-dir {params.out_dir} 2> {log}"
+        "{params.launcher} gdis train --config {params.config} --method {wildcards.method} "
+        "--label-percent {wildcards.percent} --fold {wildcards.fold} --labeled {input.labeled} "
+        "--unlabeled {input.unlabeled} --manifest {input.manifest} --images {input.images} {params.files} "
+        "--out-dir {params.out_dir} 2> {log}"

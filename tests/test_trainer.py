@@ -1,13 +1,16 @@
-"""The training engine on a micro dataset: burn-in switch, resume after a kill, non-finite loss."""
+"""The trainer on a micro dataset: burn-in switch, resume after a kill, non-finite loss."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from gdis import distill, engine
-from gdis.engine import Trainer, TrainingError, load_checkpoint
+from gdis import distill
+from gdis import trainer as trainer_module
+from gdis.checkpoint import load_checkpoint
 from gdis.splits import write_split
+from gdis.trainer import Trainer, TrainingError
+from tests.conftest import split_trainer
 
 
 @pytest.fixture
@@ -18,9 +21,8 @@ def split_dir(micro_dataset, tmp_path):
 
 def _trainer(config, method, split_dir, micro_dataset, out_dir, teacher=None, burn_in_checkpoint=None):
     torch.set_num_threads(1)
-    return Trainer(config, method, split_dir / "labeled.json", split_dir / "unlabeled.json",
-                   micro_dataset / "train", out_dir, teacher_checkpoint=teacher, burn_in_checkpoint=burn_in_checkpoint,
-                   run_info={"label_percent": 25.0, "fold": 1})
+    return split_trainer(config, method, split_dir, micro_dataset / "train", out_dir, teacher=teacher,
+                         burn_in_checkpoint=burn_in_checkpoint)
 
 
 @pytest.fixture
@@ -41,14 +43,14 @@ def test_guided_burn_in_switch(micro_config, split_dir, micro_dataset, supervise
     def spy(teacher, student, decay):
         before = {k: v.clone() for k, v in teacher.state_dict().items()}
         real_update(teacher, student, decay)
-        events.append((trainer.step, decay, before, {k: v.clone() for k, v in teacher.state_dict().items()},
+        events.append((trainer.iteration, decay, before, {k: v.clone() for k, v in teacher.state_dict().items()},
                        {k: v.clone() for k, v in student.state_dict().items()}))
 
     def pseudo_label_spy(images, image_ids):
-        events.append((trainer.step, "pseudo", {k: v.clone() for k, v in trainer.teacher.state_dict().items()}))
+        events.append((trainer.iteration, "pseudo", {k: v.clone() for k, v in trainer.teacher.state_dict().items()}))
         return Trainer._pseudo_label(trainer, images, image_ids)
 
-    monkeypatch.setattr(engine.distill, "ema_update", spy)
+    monkeypatch.setattr(trainer_module.distill, "ema_update", spy)
     monkeypatch.setattr(trainer, "_pseudo_label", pseudo_label_spy)
     trainer.run()
 
@@ -72,14 +74,14 @@ def test_killed_run_resumes_to_identical_weights(micro_config, split_dir, micro_
     _trainer(micro_config, "standard_burnin", split_dir, micro_dataset, tmp_path / "straight").run()
 
     interrupted = _trainer(micro_config, "standard_burnin", split_dir, micro_dataset, tmp_path / "resumed")
-    original_step = interrupted._train_step
+    original_step = interrupted.step
 
     def die_at_step_three(*args):
-        if interrupted.step == 3:
+        if interrupted.iteration == 3:
             raise KeyboardInterrupt("killed")
         return original_step(*args)
 
-    monkeypatch.setattr(interrupted, "_train_step", die_at_step_three)
+    monkeypatch.setattr(interrupted, "step", die_at_step_three)
     with pytest.raises(KeyboardInterrupt):
         interrupted.run()
     assert (tmp_path / "resumed" / "work" / "last.pt").exists()
@@ -102,7 +104,7 @@ def test_non_finite_loss_stops_with_step_and_term(micro_config, split_dir, micro
 
     def poisoned(images, targets):
         losses = original(images, targets)
-        if trainer.step == 1:
+        if trainer.iteration == 1:
             losses["loss_mask"] = losses["loss_mask"] * float("nan")
         return losses
 
@@ -128,16 +130,16 @@ def test_standard_burnin_continues_the_supervised_run(micro_config, split_dir, m
     trainer = _trainer(micro_config, "standard_burnin", split_dir, micro_dataset, tmp_path / "sb",
                        burn_in_checkpoint=supervised_checkpoint.parent / "burn_in.pt")
     trained_steps = []
-    original_step = trainer._train_step
+    original_step = trainer.step
 
     def spy(*batches):
         if not trained_steps:
             student = trainer.student.state_dict()
             assert all(torch.equal(student[k], saved["student"][k]) for k in student)
-        trained_steps.append(trainer.step)
+        trained_steps.append(trainer.iteration)
         return original_step(*batches)
 
-    monkeypatch.setattr(trainer, "_train_step", spy)
+    monkeypatch.setattr(trainer, "step", spy)
     trainer.run()
     assert trained_steps == list(range(burn_in, iterations))
     final = load_checkpoint(tmp_path / "sb" / "model_final.pt")
