@@ -72,8 +72,25 @@ def _coco_api(evaluator: str) -> tuple:
     raise ValueError(f"evaluate.evaluator: unknown evaluator {evaluator!r}; expected one of {', '.join(EVALUATORS)}")
 
 
+def results_for_pass(results: list[dict], iou_type: str) -> list[dict]:
+    """Fresh copies of the result entries for one COCOeval pass; without ``bbox`` for the mask (segm) pass.
+
+    loadRes of pycocotools and of faster_coco_eval takes a detection's area, which sorts it into the
+    small/medium/large ranges, from its ``bbox`` whenever the first entry has one, and from its mask only
+    otherwise. detectron2 (evaluation/coco_evaluation.py, _evaluate_predictions_on_coco) and mmdetection
+    (CocoMetric) drop the boxes for the mask pass so that mask APs/APm/APl use mask areas; overall AP is the
+    same either way. Copies, because loadRes writes area, id, iscrowd (and a bbox from the mask) into them.
+    """
+    if iou_type == "segm":
+        return [{key: value for key, value in entry.items() if key != "bbox"} for entry in results]
+    return [dict(entry) for entry in results]
+
+
 def coco_metrics(annotations: str | Path | dict, results_path: str | Path, evaluator: str = "faster_coco_eval") -> dict:
-    """Mask and box AP (in percent) of a COCO results file against a COCO file or dict, by ``evaluator``'s COCOeval."""
+    """Mask and box AP (in percent) of a COCO results file against a COCO file or dict, by ``evaluator``'s COCOeval.
+
+    Mask APs/APm/APl sort detections by mask area, box APs/APm/APl by box area (``results_for_pass``).
+    """
     coco_class, eval_class, eval_options = _coco_api(evaluator)
     results = read_json(results_path, "predictions file")
     with contextlib.redirect_stdout(sys.stderr):
@@ -88,8 +105,7 @@ def coco_metrics(annotations: str | Path | dict, results_path: str | Path, evalu
             if not results:
                 metrics.update({f"{prefix}_{name}": 0.0 for name in STAT_NAMES})
                 continue
-            # loadRes adds area, id and iscrowd to each entry in place; the second pass finds them set.
-            detections = ground_truth.loadRes(results)
+            detections = ground_truth.loadRes(results_for_pass(results, iou_type))
             evaluation = eval_class(ground_truth, detections, iou_type, **eval_options)
             evaluation.evaluate()
             evaluation.accumulate()

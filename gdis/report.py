@@ -19,16 +19,21 @@ from matplotlib.ticker import NullLocator
 from gdis.config import format_percent
 from gdis.distill import METHODS
 from gdis.io import atomic_path, read_json, write_text
-from gdis.published import published_for
+from gdis.published import METRIC_NAMES, PUBLISHED_METRICS, published_for
 
 TABLE_COLUMNS = ["dataset", "arch", "backbone", "weights", "protocol", "method", "label_percent", "fold", "model",
-                 "iteration", "mask_AP", "mask_AP50", "mask_AP75", "mask_APs", "mask_APm", "mask_APl", "box_AP", "box_AP50", "box_AP75"]
+                 "iteration", "mask_AP", "mask_AP50", "mask_AP75", "mask_APs", "mask_APm", "mask_APl", "box_AP", "box_AP50",
+                 "box_AP75", "cityscapes_AP", "cityscapes_AP50"]
+# The official Cityscapes evaluator's AP (gdis/cityscapes_eval.py): only Cityscapes metrics files have it.
+OPTIONAL_COLUMNS = ["cityscapes_AP", "cityscapes_AP50"]
 METHOD_ORDER = list(METHODS)  # the order of the table in gdis/distill.py: rows of the tables, lines of the plots
 MODEL_ORDER = ["student", "ema_teacher"]
 CONFIG_COLUMNS = ["dataset", "arch", "backbone", "weights", "protocol"]
 AP_COLUMNS = TABLE_COLUMNS[TABLE_COLUMNS.index("mask_AP"):]
-# The published mask AP of the same dataset, method and label percentage, beside ours (gdis/published_results.yaml).
-PAPER_COLUMNS = ["paper_mask_AP", "paper_entry"]
+# The published number of the same dataset, network, method and label percentage beside ours, in the column of its
+# metric: COCO mask AP beside mask_AP, the official Cityscapes AP beside cityscapes_AP (gdis/published_results.yaml).
+PAPER_COLUMNS = [f"paper_{column}" for column in PUBLISHED_METRICS.values()] + ["paper_entry"]
+PUBLISHED_KEYS = ["dataset", "arch", "backbone", "method", "label_percent"]
 CSV_COLUMNS = TABLE_COLUMNS + PAPER_COLUMNS
 METHOD_COLORS = {name: method.color for name, method in METHODS.items()}
 METHOD_NAMES = {name: method.label for name, method in METHODS.items()}
@@ -56,7 +61,7 @@ def _read_metrics(path: Path) -> dict:
     data = read_json(path, "metrics file")
     if not isinstance(data, dict):
         raise ValueError(f"metrics file {path} does not hold a JSON object")
-    missing = [key for key in TABLE_COLUMNS if key not in data]
+    missing = [key for key in TABLE_COLUMNS if key not in data and key not in OPTIONAL_COLUMNS]
     if missing:
         raise ValueError(f"metrics file {path} lacks key(s): {', '.join(missing)}")
     if data["method"] not in METHOD_ORDER:
@@ -69,7 +74,7 @@ def _read_metrics(path: Path) -> dict:
         row["fold"] = int(data["fold"])
         row["iteration"] = int(data["iteration"])
         for key in AP_COLUMNS:
-            row[key] = math.nan if data[key] is None else float(data[key])
+            row[key] = math.nan if data.get(key) is None else float(data[key])
     except (TypeError, ValueError) as error:
         raise ValueError(f"metrics file {path} has a non-numeric value: {error}") from None
     return row
@@ -93,11 +98,16 @@ def collect_metrics(metric_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 
 def with_published(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` plus PAPER_COLUMNS: the published mask AP of the row's dataset, method and label % (else empty)."""
+    """``table`` plus PAPER_COLUMNS: the published number of the row's dataset, arch, backbone, method and label %,
+    in the paper column of its metric (empty where none matches; a published item without arch or backbone never
+    matches)."""
     published = pd.concat([published_for(dataset) for dataset in table["dataset"].unique()])
-    published = published.dropna(subset=["method"]).rename(columns={"mask_AP": "paper_mask_AP", "entry": "paper_entry"})
-    keys = ["dataset", "method", "label_percent"]
-    return table.merge(published[keys + PAPER_COLUMNS], on=keys, how="left", validate="many_to_one")
+    published = published.dropna(subset=["method", "arch", "backbone"])
+    published = published[PUBLISHED_KEYS + ["metric", "AP", "entry"]].rename(columns={"entry": "paper_entry"})
+    out = table.merge(published, on=PUBLISHED_KEYS, how="left", validate="many_to_one")
+    for metric, column in PUBLISHED_METRICS.items():
+        out[f"paper_{column}"] = out["AP"].where(out["metric"] == metric)
+    return out.drop(columns=["metric", "AP"])
 
 
 def render_csv(table: pd.DataFrame) -> str:
@@ -133,19 +143,31 @@ def _wide_table(table: pd.DataFrame, metric: str) -> list[str]:
     return lines
 
 
-def _published_table(dataset: str, percents: list[float]) -> list[str]:
-    """Markdown lines: the published mask AP of ``dataset`` at ``percents`` ([] when none is known)."""
+def _published_table(dataset: str, arch: str, backbone: str, percents: list[float]) -> list[str]:
+    """Markdown lines: the published results of ``dataset`` at ``percents``, each with its network and metric, and
+    whether it is this section's network ``arch``/``backbone`` ([] when none is known)."""
     published = published_for(dataset)
     published = published[published["label_percent"].isin(percents)]
     if published.empty:
         return []
-    lines = ["Published mask AP (%) at the same percentages (gdis/published_results.yaml), – where none:", "",
-             "| published | " + " | ".join(f"{format_percent(p)} %" for p in percents) + " | source |",
-             "|---|" + "---:|" * len(percents) + "---|"]
-    for entry, rows in published.groupby("entry", sort=False):
-        values = dict(zip(rows["label_percent"], rows["mask_AP"]))
+    note = ("Published results (%) at the same percentages (gdis/published_results.yaml), – where none, ? where the "
+            f"source gives no network in gdis's terms. Only rows of this section's network ({arch}, {backbone}) "
+            "compare with the tables above, each in its own metric")
+    if (published["metric"] == "cityscapes_AP").any():
+        note += ("; the Cityscapes numbers are the official evaluator's AP (cityscapesscripts), not COCO mask AP, "
+                 "and compare with Cityscapes AP only")
+    lines = [note + ":", "",
+             "| published | network | same network | metric | " + " | ".join(f"{format_percent(p)} %" for p in percents)
+             + " | source |",
+             "|---|---|---|---|" + "---:|" * len(percents) + "---|"]
+    for (entry, metric), rows in published.groupby(["entry", "metric"], sort=False):
+        first = rows.iloc[0]
+        network = ", ".join(name if isinstance(name, str) else "?" for name in (first["arch"], first["backbone"]))
+        same = "yes" if (first["arch"], first["backbone"]) == (arch, backbone) else "no"
+        values = dict(zip(rows["label_percent"], rows["AP"]))
         cells = [f"{values[p]:.1f}" if p in values else "–" for p in percents]
-        lines.append(f"| {entry} | " + " | ".join(cells) + f" | {rows['source'].iloc[0]} |")
+        lines.append(f"| {entry} | {network} | {same} | {METRIC_NAMES[metric]} | " + " | ".join(cells)
+                     + f" | {first['source']} |")
     return lines + [""]
 
 
@@ -155,11 +177,14 @@ def render_markdown(table: pd.DataFrame) -> str:
     for config, group in table.groupby(CONFIG_COLUMNS, sort=True):
         dataset, arch, backbone, weights, protocol = config
         lines += [f"## {dataset}: {arch}, {backbone} backbone, {weights} weights, {protocol} splits", ""]
-        for metric, name in [("mask_AP", "Mask AP"), ("box_AP", "Box AP")]:
+        sections = [("mask_AP", "Mask AP"), ("box_AP", "Box AP")]
+        if group["cityscapes_AP"].notna().any():
+            sections.append(("cityscapes_AP", "Cityscapes AP (the official evaluator, cityscapesscripts)"))
+        for metric, name in sections:
             lines += [f"{name} on the val set (%), by percentage of labelled training images; "
                       "mean ± std over folds where there are several, – where no run exists.", ""]
             lines += _wide_table(group, metric) + [""]
-        lines += _published_table(dataset, sorted(group["label_percent"].unique()))
+        lines += _published_table(dataset, arch, backbone, sorted(group["label_percent"].unique()))
     return "\n".join(lines)
 
 
@@ -194,7 +219,8 @@ def _save_png(figure: Figure, png_path: str | os.PathLike) -> None:
 
 
 def plot_ap_vs_labels(table: pd.DataFrame, png_path: str | os.PathLike, title: str) -> None:
-    """Mask AP vs label percentage (log x): one colour per method, EMA teacher solid, student dashed, min-max band."""
+    """Mask AP vs label percentage (log x): one colour per method, EMA teacher solid, student dashed, min-max band;
+    published COCO mask AP of the same dataset and network as hollow black markers."""
     configs = table[CONFIG_COLUMNS].drop_duplicates()
     if len(configs) > 1:
         raise ValueError(f"table mixes {len(configs)} dataset/arch/backbone/weights configurations; plot one at a time")
@@ -218,10 +244,13 @@ def plot_ap_vs_labels(table: pd.DataFrame, png_path: str | os.PathLike, title: s
         plotted.append(stats.index)
     if not plotted:
         raise ValueError("table has no mask AP to plot")
-    published = published_for(configs["dataset"].iloc[0])
-    published = published[published["label_percent"].isin(set(np.concatenate(plotted)))]
+    config = configs.iloc[0]
+    published = published_for(config["dataset"])
+    published = published[published["label_percent"].isin(set(np.concatenate(plotted)))
+                          & (published["metric"] == "coco_mask_AP") & (published["arch"] == config["arch"])
+                          & (published["backbone"] == config["backbone"])]  # the same network and metric only
     for index, (entry, rows) in enumerate(published.groupby("entry", sort=False)):
-        axes.plot(rows["label_percent"], rows["mask_AP"], color="black", alpha=0.6, linestyle=":",
+        axes.plot(rows["label_percent"], rows["AP"], color="black", alpha=0.6, linestyle=":",
                   marker="osD^v<>"[index % 7], markerfacecolor="none", markersize=5, label=f"published: {entry}")
     percents = sorted(set(np.concatenate(plotted)))
     axes.set_xscale("log")

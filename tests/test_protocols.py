@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 
@@ -104,20 +105,26 @@ def test_extra_unlabeled_images_join_the_unlabeled_set(tmp_path):
     assert manifest["num_unlabeled"] == 51 == len(unlabeled["images"]) and manifest["num_extra_unlabeled"] == 1
 
 
-def test_table_rows_carry_the_protocol_and_the_published_number():
+def test_table_rows_carry_the_protocol_and_the_published_number_of_their_network():
+    """The paper's Mask2Former ResNet-50 number stands beside a Mask2Former ResNet-50 row only, never beside a
+    Mask R-CNN row of the same dataset, method and label percentage."""
     import pandas as pd
 
-    from gdis.report import TABLE_COLUMNS
+    from gdis.report import CSV_COLUMNS, TABLE_COLUMNS
 
     row = dict.fromkeys(TABLE_COLUMNS, 1.0)
-    row.update(dataset="coco", arch="mask_rcnn", backbone="resnet50_fpn", weights="imagenet", protocol="stac",
-               fold=1, iteration=10, model="student")
-    rows = [{**row, "method": "guided_distillation", "label_percent": 2.0},
-            {**row, "method": "supervised", "label_percent": 2.0}]
-    lines = render_csv(pd.DataFrame(rows, columns=TABLE_COLUMNS)).splitlines()
-    assert lines[0].endswith(",paper_mask_AP,paper_entry") and ",stac," in lines[1]
-    assert lines[1].endswith(",25.3,\"Guided Distillation (Mask2Former, ResNet-50)\"")
-    assert lines[2].endswith(",,")
+    row.update(dataset="coco", weights="imagenet", protocol="stac", fold=1, iteration=10, model="student",
+               label_percent=2.0)
+    rows = [{**row, "arch": "mask2former", "backbone": "resnet50", "method": "guided_distillation"},
+            {**row, "arch": "mask2former", "backbone": "resnet50", "method": "supervised"},
+            {**row, "arch": "mask_rcnn", "backbone": "resnet50_fpn", "method": "guided_distillation"}]
+    text = render_csv(pd.DataFrame(rows, columns=TABLE_COLUMNS))
+    assert text.splitlines()[0].endswith(",paper_mask_AP,paper_cityscapes_AP,paper_entry")
+    table = pd.read_csv(io.StringIO(text), keep_default_na=False)
+    assert list(table.columns) == CSV_COLUMNS and list(table["protocol"]) == ["stac"] * 3
+    assert list(table["paper_mask_AP"]) == ["25.3", "", ""]
+    assert list(table["paper_entry"]) == ["Guided Distillation (Mask2Former, ResNet-50)", "", ""]
+    assert list(table["paper_cityscapes_AP"]) == [""] * 3
 
 
 def _dry_run(workflow_copy, *args) -> str:
