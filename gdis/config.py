@@ -118,6 +118,11 @@ def _check_cross_fields(config: dict) -> None:
             problems.append("dataset.synthetic.min_objects: must not exceed dataset.synthetic.max_objects")
         if synthetic["min_object_size"] > synthetic["max_object_size"]:
             problems.append("dataset.synthetic.min_object_size: must not exceed dataset.synthetic.max_object_size")
+    if dataset["source"] == "ade20k" and not dataset["ade20k"]["local_copy"]:
+        for name, spec in dataset["ade20k"]["archives"].items():
+            if spec["md5"] is None and spec["size"] is None:
+                problems.append(f"dataset.ade20k.archives.{name}: md5 and size are both null, so nothing would "
+                                "check the download (give the archive's size or MD5)")
     if config["splits"]["protocol"] == "list" and not config["splits"]["list_file"]:
         problems.append("splits.list_file: required when splits.protocol is 'list'")
     percents = config["splits"]["label_percents"]
@@ -202,6 +207,8 @@ PREPARED_LAYOUTS = {
                  "annotations/instances_val2017.json"),
     "cityscapes": ("leftImg8bit/train", "annotations/instances_train.json", "leftImg8bit/val",
                    "annotations/instances_val.json"),
+    "ade20k": ("ADEChallengeData2016/images/training", "annotations/instances_train.json",
+               "ADEChallengeData2016/images/validation", "annotations/instances_val.json"),
 }
 
 

@@ -1,8 +1,9 @@
 """Obtaining COCO 2017: link a local copy, or download, verify and unpack the official archives.
 
 A download is written to ``<name>.part`` and renamed to its final name only after its size
-and MD5 are verified, so a file with the final name is always complete. An interrupted
-transfer resumes from the ``.part`` file with an HTTP Range request.
+and MD5 are verified (the size alone where no MD5 is published), so a file with the final name
+is always complete. An interrupted transfer resumes from the ``.part`` file with an HTTP Range
+request. The helpers serve the other downloaded datasets too (gdis.ade20k).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import http.client
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -86,13 +88,13 @@ def _transfer(url: str, part: Path, hashing: dict, progress: bool) -> int | None
     return total
 
 
-def download(url: str, destination: str | os.PathLike, md5: str, size: int | None = None, retries: int = 5,
-             progress: bool = True) -> Path:
-    """Download ``url`` to ``destination`` unless it is already there; verify size and MD5.
+def download(url: str, destination: str | os.PathLike, md5: str | None, size: int | None = None, retries: int = 5,
+             progress: bool = True, config_keys: str = "coco2017.base_url and coco2017.archives") -> Path:
+    """Download ``url`` to ``destination`` unless it is already there; verify size and MD5 (if not None).
 
     Each of ``retries`` attempts resumes where the previous one stopped. On a size or MD5
     mismatch the partial file is deleted (the next run starts afresh) and DownloadError names
-    the URL, the expected and the received values.
+    the URL, the expected and the received values, and ``config_keys`` to check.
     """
     destination = Path(destination)
     if destination.exists():
@@ -122,19 +124,24 @@ def download(url: str, destination: str | os.PathLike, md5: str, size: int | Non
     problem = None
     if expected_size is not None and received != expected_size:
         problem = f"size {received} bytes, expected {expected_size}"
-    elif hashing["md5"].hexdigest() != md5:
+    elif md5 is not None and hashing["md5"].hexdigest() != md5:
         problem = f"MD5 {hashing['md5'].hexdigest()}, expected {md5}"
     if problem:
         part.unlink()
         raise DownloadError(f"{url}: downloaded file has {problem}; deleted it, rerun to download again "
-                            "(check coco2017.base_url and coco2017.archives)")
+                            f"(check {config_keys})")
     os.replace(part, destination)
-    log.info("%s: %d bytes, MD5 verified -> %s", url, received, destination)
+    log.info("%s: %d bytes, %s verified -> %s", url, received, "size" if md5 is None else "MD5", destination)
     return destination
 
 
+def _is_member(name: str, members: list[str]) -> bool:
+    name = name.removeprefix("./").rstrip("/")
+    return any(name == member or name.startswith(member + "/") for member in members)
+
+
 def unpack(archive: str | os.PathLike, root: str | os.PathLike, members: list[str]) -> None:
-    """Extract ``members`` (paths inside ``archive``) and move them into ``root``, each replaced atomically.
+    """Extract ``members`` (paths inside a zip or tar ``archive``) into ``root``, each replaced atomically.
 
     Unpacking again gives the same tree; a killed unpack leaves only a hidden temporary folder.
     """
@@ -142,10 +149,13 @@ def unpack(archive: str | os.PathLike, root: str | os.PathLike, members: list[st
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".unpack-{Path(archive).stem}.", dir=root))
     try:
-        with zipfile.ZipFile(archive) as handle:
-            wanted = [name for name in handle.namelist()
-                      if any(name.rstrip("/") == member or name.startswith(member + "/") for member in members)]
-            handle.extractall(scratch, members=wanted)
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as handle:
+                handle.extractall(scratch, members=[name for name in handle.namelist() if _is_member(name, members)])
+        else:
+            with tarfile.open(archive) as handle:  # the "data" filter refuses links and paths leaving scratch
+                handle.extractall(scratch, members=[m for m in handle.getmembers() if _is_member(m.name, members)],
+                                  filter="data")
         for member in members:
             source, target = scratch / member, root / member
             if not source.exists():
@@ -165,12 +175,13 @@ COCO_TRAIN_VAL = ("train2017", "val2017", "annotations_trainval2017")
 COCO_UNLABELED = ("unlabeled2017", "image_info_unlabeled2017")
 
 
-def link_local_copy(local_copy: str | os.PathLike, root: str | os.PathLike, members: list[str]) -> None:
-    """Symlink each of ``members`` of an existing COCO folder into ``root`` (nothing is copied)."""
+def link_local_copy(local_copy: str | os.PathLike, root: str | os.PathLike, members: list[str],
+                    config_key: str = "dataset.coco2017.local_copy") -> None:
+    """Symlink each of ``members`` of an existing dataset folder into ``root`` (nothing is copied)."""
     local_copy, root = Path(local_copy).resolve(), Path(root)
     missing = [member for member in members if not (local_copy / member).exists()]
     if missing:
-        raise FileNotFoundError(f"dataset.coco2017.local_copy {local_copy} lacks {', '.join(missing)}")
+        raise FileNotFoundError(f"{config_key} {local_copy} lacks {', '.join(missing)}")
     for member in members:
         target = root / member
         target.parent.mkdir(parents=True, exist_ok=True)
