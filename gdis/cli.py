@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out-dir", required=True, help="dataset folder to create (replaced atomically)")
     sub.set_defaults(func=cmd_synthesize)
 
-    sub = commands.add_parser("prepare-dataset", help="link or download COCO 2017, or unpack and convert Cityscapes")
+    sub = commands.add_parser("prepare-dataset", help="link or download COCO 2017 or ADE20K, or unpack Cityscapes; convert to COCO")
     _add_config(sub)
     sub.add_argument("--out-dir", required=True, help="the dataset folder, data/<dataset.name>")
     sub.add_argument("--coco-unlabeled2017", action="store_true",

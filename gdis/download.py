@@ -212,7 +212,8 @@ def prepare_coco2017(coco2017: dict, root: str | os.PathLike, names: tuple[str, 
 def prepare_dataset(dataset: dict, root: str | os.PathLike, coco_unlabeled2017: bool = False,
                     progress: bool = True) -> None:
     """Assemble the config's paper dataset (``dataset`` section) in ``root``: COCO 2017 linked or downloaded
-    (its extra unlabelled images with ``coco_unlabeled2017``), or Cityscapes unpacked and converted."""
+    (its extra unlabelled images with ``coco_unlabeled2017``), Cityscapes unpacked and converted, or ADE20K
+    linked or downloaded and converted."""
     source = dataset["source"]
     if coco_unlabeled2017 and source != "coco2017":
         raise ValueError(f"dataset.source is {source!r}: unlabeled2017 belongs to coco2017")
@@ -223,6 +224,10 @@ def prepare_dataset(dataset: dict, root: str | os.PathLike, coco_unlabeled2017: 
 
         cityscapes = dataset["cityscapes"]
         prepare_cityscapes(cityscapes["archives_dir"] or Path(root) / "archives", root, cityscapes["workers"])
+    elif source == "ade20k":
+        from gdis.ade20k import prepare_ade20k
+
+        prepare_ade20k(dataset["ade20k"], root, dataset["ade20k"]["workers"], progress)
     else:
-        raise ValueError(f"dataset.source is {source!r}: only coco2017 and cityscapes are prepared")
+        raise ValueError(f"dataset.source is {source!r}: only coco2017, cityscapes and ade20k are prepared")
     log.info("%s is ready in %s", dataset["name"], root)

@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from gdis.config import ConfigError, dataset_paths, extra_unlabeled_paths, format_percent
+from gdis.config import DATASET_PATH_KEYS, PREPARED_LAYOUTS, ConfigError, dataset_paths, extra_unlabeled_paths, format_percent
 from gdis.distill import METHODS, SUPERVISED, SUPERVISED_BURN_IN
 from gdis.distributed import SCHEDULER_RESOURCES, launcher, scheduler_resources
 from gdis.plans import Plans
