@@ -76,13 +76,13 @@ def cmd_check_dataset(args) -> None:
 
 def cmd_synthesize(args) -> None:
     from gdis.config import load_config
-    from gdis.synthetic import SyntheticSpec, generate_synthetic_dataset
+    from gdis.families import generate_from_config
 
     config = load_config(args.config)
     if config["dataset"]["source"] != "synthetic":
         raise ValueError("dataset.source is not 'synthetic': nothing to generate")
-    generate_synthetic_dataset(args.out_dir, SyntheticSpec(**config["dataset"]["synthetic"]))
-    log.info("wrote the synthetic dataset to %s", args.out_dir)
+    generate_from_config(args.out_dir, config["dataset"]["synthetic"])
+    log.info("wrote the synthetic %s dataset to %s", config["dataset"]["synthetic"]["family"], args.out_dir)
 
 
 def cmd_prepare_dataset(args) -> None:
