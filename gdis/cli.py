@@ -56,7 +56,7 @@ def cmd_check_dataset(args) -> None:
 
 def cmd_synthesize(args) -> None:
     from gdis.config import load_config
-    from gdis.synthetic import synthesize_configured
+    from gdis.families import synthesize_configured
 
     synthesize_configured(load_config(args.config)["dataset"], args.out_dir)
 

@@ -38,10 +38,20 @@ CSV_COLUMNS = TABLE_COLUMNS + PAPER_COLUMNS
 METHOD_COLORS = {name: method.color for name, method in METHODS.items()}
 METHOD_NAMES = {name: method.label for name, method in METHODS.items()}
 MODEL_NAMES = {"student": "student", "ema_teacher": "EMA teacher"}
-CURVE_PANELS = [("loss", "total loss"), ("loss_supervised", "supervised loss"),
-                ("loss_unsupervised", "unsupervised loss"), ("pseudo_labels_per_image", "pseudo-labels per image"),
-                ("pseudo_label_precision", "pseudo-label precision (hidden labels)"),
-                ("pseudo_label_recall", "pseudo-label recall (hidden labels)"), ("lr", "learning rate")]
+# Panels of the training-curve figure: (title, log columns, y range or None). Runs differ by colour;
+# the columns sharing a panel by line style (CURVE_STYLES), named in the legend by CURVE_LABELS.
+CURVE_PANELS = [("total loss", ["loss"], None), ("supervised loss", ["loss_supervised"], None),
+                ("unsupervised loss", ["loss_unsupervised"], None),
+                ("pseudo-labels per image", ["pseudo_labels_per_image"], None),
+                ("pseudo-label quality (hidden labels)", ["pseudo_label_precision", "pseudo_label_recall",
+                                                          "pseudo_label_mask_iou", "pseudo_label_boundary_iou"], (0, 1)),
+                ("learning rate", ["lr"], None)]
+CURVE_COLUMNS = [column for _, columns, _ in CURVE_PANELS for column in columns]
+CURVE_LABELS = {"pseudo_label_precision": "precision", "pseudo_label_recall": "recall",
+                "pseudo_label_mask_iou": "mask IoU of matched", "pseudo_label_boundary_iou": "boundary IoU of matched"}
+# Dotted lines mark the switch to distillation, so the fourth series is a line of dots of its own kind.
+CURVE_STYLES = [{"linestyle": "-"}, {"linestyle": "--"}, {"linestyle": "-."},
+                {"linestyle": "-", "marker": "o", "markersize": 2.5}]
 SMOOTHING_WINDOW = 5
 PNG_METADATA = {"Software": None}
 
@@ -283,9 +293,9 @@ def read_training_log(path: str | os.PathLike) -> pd.DataFrame:
     missing = [key for key in ["step", "phase"] if key not in log.columns]
     if missing:
         raise ValueError(f"training log {path} lacks key(s): {', '.join(missing)}")
-    log = log.reindex(columns=["step", "phase"] + [column for column, _ in CURVE_PANELS])
+    log = log.reindex(columns=["step", "phase"] + CURVE_COLUMNS)
     log = log.sort_values("step", kind="stable").drop_duplicates("step", keep="last").reset_index(drop=True)
-    for column, _ in CURVE_PANELS:
+    for column in CURVE_COLUMNS:
         log[column] = pd.to_numeric(log[column], errors="coerce")
     return log
 
@@ -299,7 +309,7 @@ def distillation_starts(log: pd.DataFrame) -> list:
 
 
 def plot_training_curves(logs: Mapping[str, str | os.PathLike], png_path: str | os.PathLike, title: str) -> None:
-    """Panels of loss terms, pseudo-labels per image and learning rate vs step; one smoothed line per run."""
+    """Panels of loss terms, pseudo-labels per image, their quality and learning rate vs step; one colour per run."""
     if not logs:
         raise ValueError("no training logs given")
     runs = []
@@ -309,16 +319,20 @@ def plot_training_curves(logs: Mapping[str, str | os.PathLike], png_path: str | 
     columns = math.ceil((len(CURVE_PANELS) + 1) / 2)  # one cell for the legend
     figure = Figure(figsize=(4.3 * columns, 7.5), layout="constrained")
     grid = figure.subplots(2, columns, squeeze=False).ravel()
-    for axes, (column, name) in zip(grid, CURVE_PANELS):
+    styled = {}  # column -> (line style, legend name), for the columns that share a panel
+    for axes, (name, panel, limits) in zip(grid, CURVE_PANELS):
         shown = False
-        for _, log, color, _ in runs:
-            values = log[column]
-            if values.isna().all():
-                continue
-            if column != "lr":
-                values = values.rolling(SMOOTHING_WINDOW, min_periods=1, center=True).mean()
-            axes.plot(log["step"], values, color=color, linewidth=1.2)
-            shown = True
+        for style, column in zip(CURVE_STYLES, panel):
+            for _, log, color, _ in runs:
+                values = log[column]
+                if values.isna().all():
+                    continue
+                if column != "lr":
+                    values = values.rolling(SMOOTHING_WINDOW, min_periods=1, center=True).mean()
+                axes.plot(log["step"], values, color=color, linewidth=1.2, **style)
+                shown = True
+                if len(panel) > 1:
+                    styled[column] = (style, CURVE_LABELS[column])
         for _, _, color, starts in runs:
             for step in starts:
                 axes.axvline(step, color=color, linestyle=":", linewidth=1.2)
@@ -326,14 +340,19 @@ def plot_training_curves(logs: Mapping[str, str | os.PathLike], png_path: str | 
             axes.text(0.5, 0.5, f"no {name} logged", transform=axes.transAxes, ha="center", va="center", color="gray")
             axes.set_xticks([])
             axes.set_yticks([])
+        elif limits:
+            axes.set_ylim(*limits)
         axes.set_title(name)
         axes.set_xlabel("step")
         axes.grid(True, alpha=0.3)
     legend_axes = grid[len(CURVE_PANELS)]
-    legend_axes.axis("off")
+    for axes in grid[len(CURVE_PANELS):]:
+        axes.axis("off")
     handles = [Line2D([], [], color=color, linewidth=1.5, label=label) for label, _, color, _ in runs]
     if any(starts for _, _, _, starts in runs):
         handles.append(Line2D([], [], color="black", linestyle=":", linewidth=1.2, label="switch to distillation"))
+    handles += [Line2D([], [], color="black", linewidth=1.2, label=f"pseudo-label {label}", **style)
+                for style, label in styled.values()]
     smoothing = f"losses and pseudo-labels smoothed:\ncentred moving average over {SMOOTHING_WINDOW} log entries"
     legend_axes.legend(handles=handles, loc="center", frameon=False, title=smoothing)
     figure.suptitle(title)

@@ -11,9 +11,7 @@ from typing import Mapping
 import pandas as pd
 
 from gdis.io import atomic_directory, write_text
-from gdis.report import CURVE_PANELS, read_training_log
-
-CURVE_COLUMNS = [column for column, _ in CURVE_PANELS]
+from gdis.report import CURVE_COLUMNS, read_training_log
 
 
 def curve_table(logs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:

@@ -2,8 +2,9 @@
 
 A run's galleries show a seeded sample of images: on the val set the ground truth beside the
 student's (and EMA teacher's) predictions; on unlabelled training images the hidden ground
-truth, the teacher's detections that became pseudo-labels, those the thresholds rejected
-(and which threshold), and the student's predictions. Which detections are kept, and why the
+truth, the teacher's detections that became pseudo-labels, their outlines against the hidden
+truth's (with each match's mask IoU and boundary IoU), those the thresholds rejected (and which
+threshold), and the student's predictions. Which detections are kept, and why the
 others are not, is the model's own account (``explain_pseudo_labels``), so each architecture's rule shows.
 """
 
@@ -22,6 +23,7 @@ from gdis.checkpoint import load_network
 from gdis.coco import annotation_mask, category_ids, load_coco
 from gdis.data import read_image, to_float
 from gdis.io import atomic_path, read_json
+from gdis.pseudo_quality import match_quality
 
 # Tableau 10: distinguishable class colours; class label k (1..K) takes colour k - 1, cycling.
 CLASS_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -35,6 +37,10 @@ REJECTIONS = {
 }
 REJECTED_COLORS = {"score": (150, 150, 150), "area": (255, 220, 0), "no_object": (0, 200, 230),
                    "mask_sum": (255, 220, 0)}
+# Outlines of the kept pseudo-labels against the hidden truth's (colours that stand out on stained,
+# grey and colourful images alike).
+TRUTH_OUTLINE = (0, 230, 0)
+PSEUDO_OUTLINE = (255, 0, 255)
 FILL_ALPHA = 0.45
 FONT_SIZE = 12
 BACKGROUND = (255, 255, 255)
@@ -45,15 +51,17 @@ def class_color(label: int) -> tuple[int, int, int]:
     return CLASS_COLORS[(label - 1) % len(CLASS_COLORS)]
 
 
-def mask_outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of a boolean mask with a 4-neighbour outside the mask (or on the image border)."""
-    padded = np.pad(mask, 1, constant_values=False)
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of a boolean mask within ``width`` 4-neighbour steps of the outside (the image border is outside)."""
+    interior = mask
+    for _ in range(width):
+        padded = np.pad(interior, 1, constant_values=False)
+        interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:] & interior
     return mask & ~interior
 
 
 def overlay_masks(image: np.ndarray, masks: list[np.ndarray], colors: list[tuple[int, int, int]],
-                  filled: list[bool], alpha: float = FILL_ALPHA) -> np.ndarray:
+                  filled: list[bool], alpha: float = FILL_ALPHA, outline_width: int = 1) -> np.ndarray:
     """Draw masks on an (H, W, 3) uint8 image: filled ones blended at ``alpha``, every one outlined in full colour."""
     out = image.astype(np.float32)
     for mask, color, fill in zip(masks, colors, filled):
@@ -61,25 +69,26 @@ def overlay_masks(image: np.ndarray, masks: list[np.ndarray], colors: list[tuple
         color = np.asarray(color, dtype=np.float32)
         if fill:
             out[mask] = (1 - alpha) * out[mask] + alpha * color
-        out[mask_outline(mask)] = color
+        out[mask_outline(mask, outline_width)] = color
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 @dataclass
 class Instance:
-    """One mask to draw, with its caption (class name and, for detections, score)."""
+    """One mask to draw, with its caption (class name and, for detections, score) and its class label (1..K)."""
 
     mask: np.ndarray
     caption: str
     color: tuple[int, int, int]
     filled: bool = True
+    label: int | None = None
 
 
 def _font() -> ImageFont.ImageFont:
     return ImageFont.load_default(size=FONT_SIZE)
 
 
-def render_panel(image: np.ndarray, instances: list[Instance], size: int) -> Image.Image:
+def render_panel(image: np.ndarray, instances: list[Instance], size: int, outline_width: int = 1) -> Image.Image:
     """The image scaled so that its longer side is ``size`` pixels, with the instances drawn and captioned."""
     height, width = image.shape[:2]
     scale = size / max(height, width)
@@ -88,21 +97,33 @@ def render_panel(image: np.ndarray, instances: list[Instance], size: int) -> Ima
     scaled = np.asarray(Image.fromarray(image).resize(new_size, resample))
     masks = [np.asarray(Image.fromarray(inst.mask.astype(np.uint8) * 255).resize(new_size, Image.NEAREST)) > 127
              for inst in instances]
-    drawn = overlay_masks(scaled, masks, [inst.color for inst in instances], [inst.filled for inst in instances])
+    drawn = overlay_masks(scaled, masks, [inst.color for inst in instances], [inst.filled for inst in instances],
+                          outline_width=outline_width)
     panel = Image.fromarray(drawn)
     draw, font = ImageDraw.Draw(panel), _font()
     for inst, mask in zip(instances, masks):
         if not inst.caption or not mask.any():
             continue
         rows, columns = np.nonzero(mask)
-        x, y = int(columns.min()), int(rows.min())
         left, top, right, bottom = draw.textbbox((0, 0), inst.caption, font=font)
+        x, y = max(0, min(int(columns.min()), panel.width - right - 3)), int(rows.min())  # whole caption in the panel
         label_height = bottom + 2
         label_top = y - label_height if y >= label_height else y  # above the mask, or inside it at the image's top
         draw.rectangle((x, label_top, x + right + 2, label_top + label_height), fill=inst.color)
         text_color = (0, 0, 0) if sum(inst.color) > 380 else (255, 255, 255)
         draw.text((x + 1, label_top + 1), inst.caption, fill=text_color, font=font)
     return panel
+
+
+def with_caption(panel: Image.Image, lines: list[str]) -> Image.Image:
+    """``panel`` above a white strip holding ``lines`` of text."""
+    line = FONT_SIZE + 3
+    out = Image.new("RGB", (panel.width, panel.height + len(lines) * line + 4), BACKGROUND)
+    out.paste(panel, (0, 0))
+    draw, font = ImageDraw.Draw(out), _font()
+    for index, text in enumerate(lines):
+        draw.text((2, panel.height + 2 + index * line), text, fill=(0, 0, 0), font=font)
+    return out
 
 
 def compose_grid(cells: list[list[Image.Image]], column_titles: list[str], row_titles: list[str],
@@ -171,7 +192,7 @@ def detections(prediction: dict, names: dict[int, str], mask_threshold: float, m
             continue
         binary = (mask > mask_threshold).numpy()
         if decision == "kept":
-            instances.append(Instance(binary, f"{names[label]} {score:.2f}", class_color(label)))
+            instances.append(Instance(binary, f"{names[label]} {score:.2f}", class_color(label), label=label))
         else:
             instances.append(Instance(binary, f"{score:.2f}", REJECTED_COLORS[decision], filled=False))
     return instances
@@ -185,8 +206,40 @@ def ground_truth(coco_image: dict, annotations: list[dict], label_of: dict[int, 
         if ann.get("iscrowd", 0) or not ann.get("segmentation"):
             continue
         label = label_of[ann["category_id"]]
-        instances.append(Instance(annotation_mask(ann, height, width).astype(bool), names[label], class_color(label)))
+        instances.append(Instance(annotation_mask(ann, height, width).astype(bool), names[label], class_color(label),
+                                  label=label))
     return instances
+
+
+def compare_with_truth(kept: list[Instance], truth: list[Instance], height: int, width: int) -> dict:
+    """``match_quality`` of kept pseudo-labels against the truth (same class, mask IoU >= 0.5, one-to-one)."""
+    def stack(instances: list[Instance]) -> tuple[torch.Tensor, torch.Tensor]:
+        masks = np.stack([inst.mask for inst in instances]) if instances else np.zeros((0, height, width), bool)
+        return torch.from_numpy(masks.astype(bool)), torch.tensor([inst.label for inst in instances], dtype=torch.int64)
+
+    return match_quality(*stack(kept), *stack(truth))
+
+
+def outline_captions(kept: list[Instance], truth: list[Instance], height: int, width: int) -> tuple[list[str], list[str]]:
+    """Per kept pseudo-label 'mask IoU/boundary IoU' of its match ('no match' otherwise), and summary lines."""
+    quality = compare_with_truth(kept, truth, height, width)
+    by_row = {row: f"{iou:.2f}/{boundary:.2f}"
+              for (row, _), iou, boundary in zip(quality["pairs"], quality["mask_ious"], quality["boundary_ious"])}
+    lines = [f"matched {quality['matched']} of {len(kept)} kept, {len(truth)} true"]
+    if quality["matched"]:
+        mean_iou = sum(quality["mask_ious"]) / quality["matched"]
+        mean_boundary = sum(quality["boundary_ious"]) / quality["matched"]
+        lines.append(f"mean IoU {mean_iou:.2f}, boundary {mean_boundary:.2f}")
+    return [by_row.get(index, "no match") for index in range(len(kept))], lines
+
+
+def outline_comparison(image: np.ndarray, kept: list[Instance], truth: list[Instance], size: int) -> Image.Image:
+    """Kept pseudo-labels' outlines (magenta) over the hidden truth's (green), each captioned by
+    ``outline_captions``, above the summary lines."""
+    captions, lines = outline_captions(kept, truth, *image.shape[:2])
+    instances = [Instance(inst.mask, "", TRUTH_OUTLINE, filled=False) for inst in truth]
+    instances += [Instance(inst.mask, caption, PSEUDO_OUTLINE, filled=False) for inst, caption in zip(kept, captions)]
+    return with_caption(render_panel(image, instances, size, outline_width=2), lines)
 
 
 def sample_ids(image_ids: list[int], count: int, seed: int) -> list[int]:
@@ -257,8 +310,11 @@ def pseudo_label_gallery(images: list[torch.Tensor], row_titles: list[str], trut
     for index, image in enumerate(images):
         candidates = explained[index]
         decisions = candidates["decisions"]
+        kept = detections(candidates, names, mask_threshold, 0.0, decisions)
         row = [] if truths is None else [render_panel(_hwc(image), truths[index], size)]
-        row.append(render_panel(_hwc(image), detections(candidates, names, mask_threshold, 0.0, decisions), size))
+        row.append(render_panel(_hwc(image), kept, size))
+        if truths is not None:
+            row.append(outline_comparison(_hwc(image), kept, truths[index], size))
         row.append(render_panel(_hwc(image), detections(candidates, names, mask_threshold, min_score, decisions,
                                                         reasons), size))
         if student_out is not None:
@@ -266,8 +322,9 @@ def pseudo_label_gallery(images: list[torch.Tensor], row_titles: list[str], trut
                                     size))
         rows.append(row)
     columns = [] if truths is None else ["hidden ground truth"]
-    columns += [f"pseudo-labels kept ({teacher_name})",
-                f"rejected (>= {min_score:g}): {rejection_legend(reasons)}",
+    columns += [f"pseudo-labels kept ({teacher_name})"]
+    columns += [] if truths is None else ["kept (magenta) vs truth (green): IoU/boundary IoU"]
+    columns += [f"rejected (>= {min_score:g}): {rejection_legend(reasons)}",
                 *([f"student (score >= {min_score:g})"] if student is not None else [])]
     return compose_grid(rows, columns, row_titles, title)
 

@@ -1,4 +1,4 @@
-"""Pseudo-label precision and recall against hidden ground truth, on hand-made masks."""
+"""Pseudo-label precision, recall, mask IoU and Boundary IoU against hidden ground truth, on hand-made masks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from gdis.coco import encode_mask
-from gdis.pseudo_quality import HiddenGroundTruth, count_matches, mask_iou, measure, quality_record
+from gdis.pseudo_quality import (HiddenGroundTruth, boundary_band, boundary_iou, boundary_width, count_matches,
+                                 mask_iou, match_quality, measure, quality_record)
 
 
 def box_mask(x0: int, y0: int, x1: int, y1: int, size: int = 10) -> torch.Tensor:
@@ -44,13 +45,73 @@ def test_duplicates_count_once_and_empty_sides():
     assert count_matches(duplicates, torch.tensor([1, 1]), gt[:0], torch.tensor([], dtype=torch.int64)) == 0
 
 
+def test_boundary_width_is_two_percent_of_the_diagonal_and_at_least_one_pixel():
+    assert boundary_width(128, 128) == 4  # 0.02 * 181.02 = 3.62
+    assert boundary_width(64, 64) == 2  # 1.81
+    assert boundary_width(20, 20) == 1  # 0.57
+    assert boundary_width(10, 10) == 1  # 0.28, raised to 1
+
+
+def test_boundary_band_is_the_inner_ring_and_the_image_border_counts_as_outside():
+    square = box_mask(5, 5, 11, 11, size=20)  # 6x6
+    ring = square & ~box_mask(6, 6, 10, 10, size=20)
+    assert torch.equal(boundary_band(square[None], 1)[0], ring)
+    assert boundary_band(square[None], 1)[0].sum() == 36 - 16
+    assert boundary_band(square[None], 2)[0].sum() == 36 - 4
+    assert boundary_band(square[None], 3)[0].sum() == 36  # thicker than half the square: all of it
+    full = torch.ones((1, 10, 10), dtype=torch.bool)
+    assert torch.equal(boundary_band(full, 1)[0], ~box_mask(1, 1, 9, 9))
+
+
+def test_boundary_iou_of_hand_computed_cases():
+    square = box_mask(5, 5, 11, 11, size=20)[None]  # 20x20 image: d = 1
+    shifted = box_mask(6, 5, 12, 11, size=20)[None]  # one pixel to the right
+    far = box_mask(14, 14, 18, 18, size=20)[None]
+    assert boundary_iou(square, square).tolist() == [1.0]
+    # The rings (20 px each) share the top and bottom rows' 5 common columns: 10 / (20 + 20 - 10).
+    assert boundary_iou(square, shifted).tolist() == pytest.approx([1 / 3])
+    assert mask_iou(square, shifted).item() == pytest.approx(30 / 42)  # the mask IoU is far kinder
+    assert boundary_iou(square, far).tolist() == [0.0]
+    # 64x64 image: d = 2. 10x10 squares one pixel apart: bands of 100 - 36 = 64 px share 4 rows x 9 columns
+    # plus 2 columns x 6 rows = 48 px: 48 / (64 + 64 - 48).
+    big = box_mask(20, 20, 30, 30, size=64)[None]
+    big_shifted = box_mask(21, 20, 31, 30, size=64)[None]
+    assert boundary_iou(big, big_shifted).tolist() == pytest.approx([48 / 80])
+    # pairs are element-wise
+    pairs = boundary_iou(torch.cat([square, square]), torch.cat([square, shifted]))
+    assert pairs.tolist() == pytest.approx([1.0, 1 / 3])
+
+
+def test_match_quality_reports_each_matched_pair():
+    size = 20
+    gt = torch.stack([box_mask(5, 5, 11, 11, size), box_mask(14, 14, 20, 20, size)])
+    gt_labels = torch.tensor([1, 2])
+    # a one-pixel-shifted copy of gt 0, an exact copy of gt 1, a false positive
+    pseudo = torch.stack([box_mask(14, 14, 20, 20, size), box_mask(0, 14, 4, 18, size), box_mask(6, 5, 12, 11, size)])
+    result = match_quality(pseudo, torch.tensor([2, 1, 1]), gt, gt_labels)
+    assert (result["matched"], result["pseudo_labels"], result["gt_instances"]) == (2, 3, 2)
+    assert result["pairs"] == [(0, 1), (2, 0)]  # best IoU first
+    assert result["mask_ious"] == pytest.approx([1.0, 30 / 42])
+    assert result["boundary_ious"] == pytest.approx([1.0, 1 / 3])
+    none = match_quality(pseudo[:0], torch.tensor([], dtype=torch.int64), gt, gt_labels)
+    assert none["matched"] == 0 and none["mask_ious"] == [] and none["boundary_ious"] == []
+
+
+def _image(matched, pseudo_labels, gt_instances, mask_ious=(), boundary_ious=()):
+    return {"matched": matched, "pseudo_labels": pseudo_labels, "gt_instances": gt_instances,
+            "mask_ious": list(mask_ious), "boundary_ious": list(boundary_ious)}
+
+
 def test_quality_record_pools_images_and_leaves_undefined_ratios_empty():
-    record = quality_record([(1, 2, 4), (2, 2, 2)])
+    record = quality_record([_image(1, 2, 4, [0.6], [0.2]), _image(2, 2, 2, [0.8, 1.0], [0.5, 0.8])])
     assert record["pseudo_label_precision"] == pytest.approx(3 / 4)
     assert record["pseudo_label_recall"] == pytest.approx(3 / 6)
+    assert record["pseudo_label_mask_iou"] == pytest.approx(0.8)  # mean over the 3 matched pseudo-labels
+    assert record["pseudo_label_boundary_iou"] == pytest.approx(0.5)
     assert record["pseudo_label_gt_instances"] == 6 and record["pseudo_label_quality_images"] == 2
-    empty = quality_record([(0, 0, 0)])
+    empty = quality_record([_image(0, 0, 0)])
     assert empty["pseudo_label_precision"] is None and empty["pseudo_label_recall"] is None
+    assert empty["pseudo_label_mask_iou"] is None and empty["pseudo_label_boundary_iou"] is None
 
 
 def _annotations(tmp_path):
@@ -79,6 +140,13 @@ def test_measure_follows_the_weak_view_flip(tmp_path):
     # the teacher saw a mirrored image: its pseudo-label on the right is the object on the left
     flipped = measure(truth, [1], [image], [weak.flip(-1)], [on_the_right])
     assert flipped["pseudo_label_precision"] == 1.0 and flipped["pseudo_label_recall"] == 1.0
+    assert flipped["pseudo_label_mask_iou"] == 1.0 and flipped["pseudo_label_boundary_iou"] == 1.0
+    # one pixel too wide: mask IoU 16 / 20; 10x10 image, d = 1: the true ring (12 px, the image border counts)
+    # against the wider one (14 px) share 10 px
+    wider = {"masks": box_mask(0, 2, 5, 6)[None].to(torch.uint8), "labels": torch.tensor([1])}
+    record = measure(truth, [1], [image], [weak], [wider])
+    assert record["pseudo_label_mask_iou"] == pytest.approx(16 / 20)
+    assert record["pseudo_label_boundary_iou"] == pytest.approx(10 / 16)
     # image 2 has no objects: one false positive; an image id missing from the file is skipped
     record = measure(truth, [1, 2, 99], [image] * 3, [weak] * 3, [on_the_left, on_the_left, on_the_left])
     assert record["pseudo_label_precision"] == 0.5 and record["pseudo_label_recall"] == 1.0

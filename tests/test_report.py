@@ -50,6 +50,8 @@ def log_entries(distillation_from: int | None, unsupervised: bool = True) -> lis
         if unsupervised and distilling:
             entry["loss_unsupervised"] = 0.5
             entry["pseudo_labels_per_image"] = 2.0 + step / 100
+            entry.update(pseudo_label_precision=0.8, pseudo_label_recall=0.6 + step / 1000,
+                         pseudo_label_mask_iou=0.85, pseudo_label_boundary_iou=0.55)
         entries.append(entry)
     return entries
 
@@ -155,6 +157,25 @@ def test_training_curves_plot(tmp_path):
     report.plot_training_curves({"guided_distillation 5% fold 1": gd_log, "supervised 5% fold 1": supervised_log},
                                 png_path, "training")
     assert png_path.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_training_curves_show_pseudo_label_quality_in_one_panel(tmp_path, monkeypatch):
+    """Precision, recall, mask IoU and boundary IoU share a panel, told apart by line style and named in the legend."""
+    figures = []
+    monkeypatch.setattr(report, "_save_png", lambda figure, path: figures.append(figure))
+    gd_log = tmp_path / "gd.jsonl"
+    write_log(gd_log, log_entries(distillation_from=100))
+    report.plot_training_curves({"guided_distillation 5% fold 1": gd_log}, tmp_path / "curves.png", "training")
+    axes = {a.get_title(): a for a in figures[0].axes}
+    quality = axes["pseudo-label quality (hidden labels)"]
+    lines = [line for line in quality.get_lines() if len(line.get_xdata()) > 2]  # not the switch marker
+    assert len(lines) == 4 and len({(line.get_linestyle(), line.get_marker()) for line in lines}) == 4
+    # the last point of a centred 5-entry mean averages the last 3 entries: recall 0.6 + (170 + 180 + 190) / 3000
+    assert [round(float(line.get_ydata()[-1]), 2) for line in lines] == [0.8, 0.78, 0.85, 0.55]
+    assert quality.get_ylim() == (0, 1)
+    legend = [text.get_text() for a in figures[0].axes if a.get_legend() for text in a.get_legend().get_texts()]
+    assert {"pseudo-label precision", "pseudo-label recall", "pseudo-label mask IoU of matched",
+            "pseudo-label boundary IoU of matched"} <= set(legend)
 
 
 def test_training_curves_plot_one_run_without_unsupervised_columns(tmp_path):

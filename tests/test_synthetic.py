@@ -100,10 +100,78 @@ def test_hidden_shapes_are_dropped_and_occlude_nothing():
     bottom = square(0, 0, 10)  # 70 % covered by the middle square -> visible, stays
     middle = square(3, 0, 10)  # 90 % covered by the top square -> dropped, so it hides nothing
     top = square(4, 0, 10)
-    kept = synthetic._visible_instances([(1, bottom), (2, middle), (3, top)])
+    kept = synthetic.visible_instances([(1, bottom), (2, middle), (3, top)])
     assert [category_id for category_id, _, _ in kept] == [1, 3]
     assert kept[0][2].sum() == 40  # bottom minus top only
     assert kept[1][2].sum() == 100
+
+
+def test_visible_parts_can_be_required_to_pass_a_test():
+    def band(row0, row1):
+        mask = np.zeros((20, 20), dtype=bool)
+        mask[row0:row1, :] = True
+        return mask
+
+    # the top band cuts the bottom one in two pieces: kept by default, dropped when one piece is required
+    shapes = [(1, band(0, 12)), (2, band(5, 7))]
+    assert [c for c, _, _ in synthetic.visible_instances(shapes)] == [1, 2]
+    assert [c for c, _, _ in synthetic.visible_instances(shapes, accept=synthetic.one_piece_without_holes)] == [2]
+
+
+def _blob(rng: np.random.Generator, size: int = 30) -> np.ndarray:
+    from scipy import ndimage
+
+    mask = ndimage.gaussian_filter(rng.random((size, size)), 1.2) > 0.5
+    return ndimage.binary_fill_holes(mask)
+
+
+def test_polygons_rasterise_back_to_their_masks():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        mask = _blob(rng)
+        if not mask.any():
+            continue
+        polygons = synthetic.mask_polygons(mask)
+        assert all(len(polygon) >= 6 and len(polygon) % 2 == 0 for polygon in polygons)
+        decoded = mask_util.decode(mask_util.merge(mask_util.frPyObjects(polygons, 30, 30))).astype(bool)
+        assert (decoded == mask).all()
+
+
+def test_polygon_of_a_square_has_its_corners_cut_through_the_pixel_centres():
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[1:4, 2:5] = True  # rows 1..3, columns 2..4
+    (polygon,) = synthetic.mask_polygons(mask)
+    points = sorted(zip(polygon[0::2], polygon[1::2]))
+    # the contour at level 0.5 runs half a pixel outside the outer pixel centres, cutting the corners
+    assert points == sorted([(2.0, 1.5), (2.5, 1.0), (4.5, 1.0), (5.0, 1.5), (5.0, 3.5), (4.5, 4.0),
+                             (2.5, 4.0), (2.0, 3.5)])
+
+
+def test_masks_with_holes_or_nothing_have_no_polygon():
+    ring = np.zeros((9, 9), dtype=bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False
+    assert synthetic.has_holes(ring) and not synthetic.has_holes(np.zeros((4, 4), dtype=bool))
+    with pytest.raises(ValueError, match="holes"):
+        synthetic.mask_polygons(ring)
+    with pytest.raises(ValueError, match="empty"):
+        synthetic.mask_polygons(np.zeros((4, 4), dtype=bool))
+
+
+def test_polygon_splits_are_written_as_polygons(tmp_path):
+    def render_square(rng):
+        x, y = rng.integers(0, 40, 2)
+        mask = np.zeros((64, 64), dtype=bool)
+        mask[y : y + 20, x : x + 10] = True
+        return np.where(mask[..., None], 255, 0).astype(np.uint8).repeat(3, axis=2), [(2, mask)]
+
+    synthetic.write_coco_dataset(tmp_path / "data", TINY, "squares", CATEGORIES, render_square, polygon_splits=("val",))
+    rle, polygons = (COCO(str(tmp_path / "data" / "annotations" / f"{split}.json")) for split in ("train", "val"))
+    assert all(isinstance(a["segmentation"], dict) for a in rle.dataset["annotations"])
+    assert all(isinstance(a["segmentation"], list) for a in polygons.dataset["annotations"])
+    for annotation in polygons.dataset["annotations"]:
+        assert polygons.annToMask(annotation).sum() == annotation["area"] == 200
+    assert polygons.dataset["info"]["description"] == "gdis synthetic squares dataset, val split"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ from PIL import Image
 
 from gdis.cli import main
 from gdis.models.mask_rcnn import filter_pseudo_labels, pseudo_label_decisions
-from gdis.visualize import Instance, compose_grid, mask_outline, overlay_masks, render_panel, sample_ids
+from gdis.visualize import (PSEUDO_OUTLINE, TRUTH_OUTLINE, Instance, compose_grid, mask_outline, outline_captions,
+                            outline_comparison, overlay_masks, render_panel, sample_ids)
 from tests.conftest import gallery_file_args, train_file_args
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -40,6 +41,43 @@ def test_unfilled_masks_are_outlines_and_later_masks_draw_on_top():
     assert (out[3, 5] == BLUE).all()  # b's outline over a's fill
     assert (out[5, 5] == RED).all()  # inside b (not filled): a shows through
     assert (out[6, 6] == 0).all()  # inside b only, not filled
+
+
+def test_outline_width_counts_steps_from_the_outside():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[1:9, 1:9] = True  # 8x8
+    assert mask_outline(mask, 2).sum() == 64 - 16  # all but the central 4x4
+    assert (mask_outline(mask, 1) == (mask & ~np.pad(np.ones((6, 6), bool), 2))).all()
+
+
+def _box(x0, y0, x1, y1, size=20):
+    mask = np.zeros((size, size), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def test_outline_captions_give_each_kept_pseudo_label_its_match_quality():
+    truth = [Instance(_box(5, 5, 11, 11), "a", RED, label=1), Instance(_box(12, 12, 18, 18), "b", RED, label=2)]
+    kept = [Instance(_box(6, 5, 12, 11), "a", RED, label=1),  # one pixel off gt 0: IoU 30/42, boundary IoU 1/3
+            Instance(_box(12, 12, 18, 18), "a", RED, label=1),  # right place, wrong class
+            Instance(_box(0, 0, 3, 3), "b", RED, label=2)]  # nothing there
+    captions, lines = outline_captions(kept, truth, 20, 20)
+    assert captions == ["0.71/0.33", "no match", "no match"]
+    assert lines == ["matched 1 of 3 kept, 2 true", "mean IoU 0.71, boundary 0.33"]
+    assert outline_captions([], truth, 20, 20) == ([], ["matched 0 of 0 kept, 2 true"])
+
+
+def test_outline_comparison_draws_truth_and_pseudo_label_outlines_in_their_colours():
+    image = np.full((40, 40, 3), 128, dtype=np.uint8)
+    truth = [Instance(_box(2, 20, 10, 30, size=40), "a", RED, label=1)]
+    kept = [Instance(_box(2, 20, 10, 32, size=40), "a", RED, label=1)]  # two rows too tall; caption above it
+    panel = outline_comparison(image, kept, truth, size=40)
+    pixels = np.asarray(panel)
+    assert panel.width == 40 and panel.height > 40  # the summary lines below the image
+    # outlines 2 px wide: the truth's bottom edge (rows 28-29) lies inside the pseudo-label's (rows 30-31)
+    assert (pixels[29, 5] == TRUTH_OUTLINE).all() and (pixels[31, 5] == PSEUDO_OUTLINE).all()
+    assert (pixels[25, 2] == PSEUDO_OUTLINE).all()  # shared left edge: the pseudo-label is drawn on top
+    assert (pixels[25, 5] == 128).all()  # nothing is filled
 
 
 def test_panel_scales_masks_with_the_image():
@@ -99,7 +137,8 @@ def test_gallery_and_visualize_commands(micro_config_file, micro_dataset, tmp_pa
     assert main(["gallery", *config, "--checkpoint", str(run / "model_final.pt"), *gallery_file_args(split, micro_dataset),
                  "--val-out", str(val_png), "--unlabeled-out", str(unlabeled_png)]) == 0
     cell = 192  # figures.cell_size's default
-    for png, columns in ((val_png, 2), (unlabeled_png, 3)):
+    # unlabelled: hidden truth, kept, kept vs truth outlines, rejected
+    for png, columns in ((val_png, 2), (unlabeled_png, 4)):
         with Image.open(png) as image:
             assert image.width > columns * cell and image.height > 4 * cell  # 4 images (figures.num_images)
     out = tmp_path / "mine.png"
