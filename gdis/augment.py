@@ -68,7 +68,7 @@ class Recipe:
     color_aug_ssd: bool
 
     @classmethod
-    def from_config(cls, augment: dict) -> "Recipe":
+    def from_config(cls, augment: dict) -> Recipe:
         geometry = augment["geometry"]
         if geometry["kind"] not in GEOMETRIES:
             raise ValueError(f"train.augment.geometry.kind: {geometry['kind']!r} is none of {', '.join(GEOMETRIES)}")

@@ -295,7 +295,7 @@ def test_ssd_colour_distortion_reaches_the_weak_and_strong_views(dataset):
     ssd = unlabeled(dataset, small_crop(color_aug_ssd=True, **NO_NOISE))
     differs = 0
     for position in range(12):
-        weak, strong, info = plain[(0, position)]
+        weak, _, info = plain[(0, position)]
         weak_ssd, strong_ssd, info_ssd = ssd[(0, position)]
         assert info["geometry"] == info_ssd["geometry"] and torch.equal(weak_ssd, strong_ssd)
         differs += not torch.equal(weak, weak_ssd)
@@ -371,7 +371,7 @@ def test_views_need_positions(dataset):
 
 # -- hidden ground truth in the views' frame -------------------------------------------------------------
 def test_hidden_truth_is_carried_into_each_view(dataset):
-    root, coco = dataset
+    root, _ = dataset
     truth = HiddenGroundTruth(root / "train.json", [3, 5])
     views = unlabeled(dataset, small_lsj(**NO_NOISE))
     for position in range(8):
