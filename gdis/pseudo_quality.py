@@ -187,3 +187,23 @@ def measure(ground_truth: HiddenGroundTruth, image_ids: list[int], images: list[
             gt_masks = gt_masks.flip(-1)
         per_image.append(match_quality(target["masks"].bool(), target["labels"], gt_masks, gt_labels))
     return quality_record(per_image) if per_image else {}
+
+
+def measure_views(ground_truth: HiddenGroundTruth, infos: list[dict], pseudo_labels: list[dict]) -> dict:
+    """Quality log fields of one batch of pseudo-labels made on ``gdis.augment.UnlabeledViews`` weak views.
+
+    ``infos`` are the views' infos (``image_id``, ``geometry``): the hidden masks are carried into each
+    view's frame by the view's own flip, resize, crop and padding, then matched as by ``measure``.
+    Instances the crop leaves out are not counted as missed. Images without hidden annotations are skipped.
+    """
+    from gdis.augment import apply_to_masks
+
+    per_image = []
+    for info, target in zip(infos, pseudo_labels):
+        if info["image_id"] not in ground_truth:
+            continue
+        gt_masks, gt_labels = ground_truth.target(info["image_id"])
+        gt_masks = apply_to_masks(gt_masks, info["geometry"])
+        in_view = gt_masks.flatten(1).any(1).bool()
+        per_image.append(match_quality(target["masks"].bool(), target["labels"], gt_masks[in_view], gt_labels[in_view]))
+    return quality_record(per_image) if per_image else {}
