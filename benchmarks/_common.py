@@ -109,7 +109,8 @@ def training_setup(root: Path, steps: int) -> tuple[dict, dict, list, float]:
     """
     import torch
 
-    from gdis.data import step_loader, unlabeled_views
+    from gdis.augment import step_views_loader
+    from gdis.data import to_float
 
     config = demo_config()
     torch.set_num_threads(config["train"]["threads"])
@@ -120,12 +121,13 @@ def training_setup(root: Path, steps: int) -> tuple[dict, dict, list, float]:
         trainers[name] = demo_trainer(root, "guided_distillation", demo_config(shared_backbone=shared), teacher)
         trainers[name]._load_pretrained_teacher()
     train = config["train"]
-    labeled = list(step_loader(trainers["supervised"].parts.labeled, train["batch_size"], 0, 0, steps, 0))
-    unlabeled = list(step_loader(trainers["guided"].parts.unlabeled, train["unlabeled_batch_size"], 1, 0, steps, 0))
+    labeled = list(step_views_loader(trainers["supervised"].parts.labeled, train["batch_size"], 0, 0, steps, 0))
+    unlabeled = list(step_views_loader(trainers["guided"].parts.unlabeled, train["unlabeled_batch_size"], 1, 0, steps,
+                                       0))
     scores = []
-    for images, _ in unlabeled[:4]:
-        weak, _ = unlabeled_views(images, train["augment"], trainers["guided"].parts.strong_augmentation)
-        scores.extend(float(s) for p in trainers["guided"].teacher.predict(weak) for s in p["scores"])
+    for weak, _, _ in unlabeled[:4]:
+        predictions = trainers["guided"].teacher.predict([to_float(view) for view in weak])
+        scores.extend(float(s) for p in predictions for s in p["scores"])
     wanted = round(PSEUDO_LABELS_PER_IMAGE * 4 * train["unlabeled_batch_size"])
     threshold = sorted(scores, reverse=True)[min(wanted, len(scores) - 1)]
     for name in ("guided", "guided, separate forwards"):

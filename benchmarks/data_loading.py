@@ -1,6 +1,6 @@
 """Figure 3: data-loading throughput ÷ training consumption, demo model, default worker count.
 
-Loading a step's batches (images decoded, masks rasterised, as ``gdis train`` does) against
+Loading a step's batches (images decoded, masks rasterised, views made, as ``gdis train`` does) against
 training on already loaded batches; the figure is the lower of the supervised and guided ratios.
 """
 
@@ -16,10 +16,10 @@ STEPS = 10
 
 def loading_seconds(dataset, batch_size: int, seed: int, workers: int) -> tuple[list[float], list[float]]:
     """CPU and wall seconds per batch of a fresh step loader (with 0 workers everything runs in this process)."""
-    from gdis.data import step_loader
+    from gdis.augment import step_views_loader
 
     cpu, wall = [], []
-    batches = iter(step_loader(dataset, batch_size, seed, 0, STEPS, workers))
+    batches = iter(step_views_loader(dataset, batch_size, seed, 0, STEPS, workers))
     for _ in range(STEPS):
         with Clock() as clock:
             next(batches)
@@ -33,8 +33,8 @@ def run(workdir: Path) -> list[dict]:
     train = config["train"]
     workers = train["num_workers"]
     steps = time_steps({name: trainers[name] for name in ("supervised", "guided")}, batches)
-    labeled_cpu, labeled_wall = loading_seconds(trainers["guided"].labeled, train["batch_size"], 0, workers)
-    unlabeled_cpu, unlabeled_wall = loading_seconds(trainers["guided"].unlabeled, train["unlabeled_batch_size"], 1,
+    labeled_cpu, labeled_wall = loading_seconds(trainers["guided"].parts.labeled, train["batch_size"], 0, workers)
+    unlabeled_cpu, unlabeled_wall = loading_seconds(trainers["guided"].parts.unlabeled, train["unlabeled_batch_size"], 1,
                                                     workers)
     # With workers the loading runs in other processes: then only wall time says how long a batch takes.
     load_labeled = median(labeled_cpu if workers == 0 else labeled_wall)

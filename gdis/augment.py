@@ -79,28 +79,6 @@ class Recipe:
                    color_aug_ssd=augment["color_aug_ssd"])
 
 
-def config_problems(config: dict) -> list[str]:
-    """What is wrong with ``train.augment``'s geometry keys for this config, each naming its key (empty: fine)."""
-    augment, model = config["train"]["augment"], config["model"]
-    geometry, problems = augment["geometry"], []
-    low, high = geometry["scale_range"]
-    if low > high:
-        problems.append(f"train.augment.geometry.scale_range: {geometry['scale_range']} must be [low, high] with "
-                        "low <= high")
-    too_long = [side for side in geometry["short_sides"] if side > geometry["max_size"]]
-    if too_long:
-        problems.append(f"train.augment.geometry.short_sides: {too_long} exceed train.augment.geometry.max_size "
-                        f"({geometry['max_size']})")
-    view = {"large_scale_jitter": geometry["target_size"], "short_side_crop": geometry["crop_size"]}.get(
-        geometry["kind"])
-    # The views are the training resolution already: the model's own resize must leave them as they are.
-    if view is not None and (model["min_size"] != [min(view)] or model["max_size"] < max(view)):
-        problems.append(f"model.min_size: {model['min_size']} (model.max_size {model['max_size']}) would rescale the "
-                        f"{view[0]}x{view[1]} views of train.augment.geometry.kind '{geometry['kind']}'; use "
-                        f"[{min(view)}] and model.max_size >= {max(view)}")
-    return problems
-
-
 @dataclass(frozen=True)
 class Geometry:
     """Where a view's pixels come from: the image, flipped or not, resized to ``resized`` (h, w); the window
@@ -374,3 +352,12 @@ def views_loader(views: LabeledViews | UnlabeledViews, batch_sampler, workers: i
     collate = collate_labeled if isinstance(views, LabeledViews) else collate_unlabeled
     return torch.utils.data.DataLoader(views, batch_sampler=PositionedBatchSampler(batch_sampler), collate_fn=collate,
                                        num_workers=workers)
+
+
+def step_views_loader(views: LabeledViews | UnlabeledViews, batch_size: int, seed: int, start_step: int,
+                      num_steps: int, workers: int, rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
+    """``views_loader`` over uniformly drawn batches (``gdis.data.StepBatchSampler``) of steps start_step, ..."""
+    from gdis.data import StepBatchSampler
+
+    sampler = StepBatchSampler(len(views), batch_size, seed, start_step, num_steps, rank, world_size)
+    return views_loader(views, sampler, workers)

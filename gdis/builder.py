@@ -1,22 +1,27 @@
 """Assemble a training run's parts from the validated config and the files the workflow rule passed.
 
 In the style of detectron2's ``from_config``: ``build_run`` reads the config and the files once and
-builds the datasets, the student and its teacher, the optimiser and its schedule and the strong
-augmentation; the ``Trainer`` (gdis.trainer) receives the built parts and builds nothing.
+builds the training views (``gdis.augment``), the student and its teacher, and the optimiser and its
+schedule (``gdis.optim``); the ``Trainer`` (gdis.trainer) receives the built parts and builds nothing.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from gdis import distill, distributed, pseudo_quality
+from gdis.augment import LabeledViews, UnlabeledViews
 from gdis.coco import category_ids, load_coco
-from gdis.data import CocoInstances, photometric_augmentation
+from gdis.data import CocoInstances
 from gdis.models import build_model
+from gdis.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,43 +43,27 @@ class RunParts:
 
     method: str
     category_ids: list[int]
-    labeled: CocoInstances
-    unlabeled: CocoInstances | None
+    labeled_coco: dict  # the labelled images with their annotations: repeat factors (gdis.sampling)
+    labeled: LabeledViews
+    unlabeled: UnlabeledViews | None
     student: torch.nn.Module
     teacher: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    strong_augmentation: torch.nn.Module
     hidden_truth: pseudo_quality.HiddenGroundTruth | None
     files: RunFiles
 
 
-def lr_factor(step: int, warmup: int, milestones: list[int], gamma: float, poly: tuple[int, float] | None = None) -> float:
-    """Learning-rate multiplier: linear warm-up from 0.001, then ``gamma`` at each milestone passed,
-    or, with ``poly`` = (iterations, power), the polynomial decay (1 - step / iterations) ** power."""
-    decay = gamma ** sum(step >= milestone for milestone in milestones)
-    if poly is not None:
-        decay = max(0.0, 1 - step / poly[0]) ** poly[1]
-    if step < warmup:
-        return decay * (0.001 + (1 - 0.001) * step / warmup)
-    return decay
-
-
-def build_optimizer(model: torch.nn.Module, train: dict) -> torch.optim.Optimizer:
-    """The optimiser; the backbone's parameters form a second group at ``backbone_lr_multiplier`` times the rate."""
-    in_backbone = {id(p) for p in model.backbone_parameters()}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_backbone]
-    backbone = [p for p in model.parameters() if p.requires_grad and id(p) in in_backbone]
-    params = [{"params": rest}, {"params": backbone, "lr": train["lr"] * train["backbone_lr_multiplier"]}]
-    if train["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"])
-    return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"])
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, train: dict) -> torch.optim.lr_scheduler.LRScheduler:
-    poly = (train["iterations"], train["poly_power"]) if train["lr_schedule"] == "poly" else None
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, train["warmup_iterations"], train["lr_steps"], train["lr_gamma"], poly))
+def annotated_images(coco: dict) -> dict:
+    """``coco`` without its images that have no annotation but crowd ones (detectron2's filter of empty images)."""
+    annotated = {ann["image_id"] for ann in coco["annotations"] if not ann.get("iscrowd", 0)}
+    kept = [image for image in coco["images"] if image["id"] in annotated]
+    if len(kept) < len(coco["images"]):
+        log.info("%d labelled image(s) without annotations left out (train.drop_empty_labeled_images)",
+                 len(coco["images"]) - len(kept))
+    if not kept:
+        raise ValueError("no labelled image has an annotation (train.drop_empty_labeled_images leaves none)")
+    return {**coco, "images": kept}
 
 
 def build_run(config: dict, method: str, files: RunFiles, world: distributed.World) -> RunParts:
@@ -82,6 +71,8 @@ def build_run(config: dict, method: str, files: RunFiles, world: distributed.Wor
     train = config["train"]
     entry = distill.method_of(method)
     distributed.check_batch_sizes(train, world, with_unlabeled=entry.distills)
+    if files.teacher and not entry.needs_teacher:
+        raise ValueError(f"--teacher is for methods that start from a pre-trained teacher, not {method}")
     if entry.needs_teacher and not files.teacher:
         raise ValueError(f"{method} needs --teacher, the supervised checkpoint of the same split")
     if files.burn_in_checkpoint and entry.starts_from != distill.SUPERVISED_BURN_IN:
@@ -89,10 +80,15 @@ def build_run(config: dict, method: str, files: RunFiles, world: distributed.Wor
 
     labeled_coco = load_coco(files.labeled)
     categories = category_ids(labeled_coco)
+    if train["drop_empty_labeled_images"]:
+        labeled_coco = annotated_images(labeled_coco)
     labeled = CocoInstances(labeled_coco, files.images, with_targets=True)
     unlabeled = CocoInstances(load_coco(files.unlabeled), files.images, with_targets=False) if entry.distills else None
     for dataset in filter(None, (labeled, unlabeled)):
         dataset.check_files()
+    # Each view's randomness is seeded by (seed, its place in the stream): the same whichever process draws it.
+    labeled_views = LabeledViews(labeled, train["augment"], seed=train["seed"])
+    unlabeled_views = UnlabeledViews(unlabeled, train["augment"], seed=train["seed"] + 1) if unlabeled else None
 
     model_config = config["model"]
     if files.backbone_weights:
@@ -106,7 +102,7 @@ def build_run(config: dict, method: str, files: RunFiles, world: distributed.Wor
         hidden_truth = pseudo_quality.HiddenGroundTruth(files.hidden_annotations, categories)
     optimizer = build_optimizer(student, train)
     return RunParts(
-        method=method, category_ids=categories, labeled=labeled, unlabeled=unlabeled, student=student,
-        teacher=teacher, optimizer=optimizer, scheduler=build_scheduler(optimizer, train),
-        strong_augmentation=photometric_augmentation(train["augment"]), hidden_truth=hidden_truth, files=files,
+        method=method, category_ids=categories, labeled_coco=labeled_coco, labeled=labeled_views,
+        unlabeled=unlabeled_views, student=student, teacher=teacher, optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, train), hidden_truth=hidden_truth, files=files,
     )

@@ -94,7 +94,8 @@ def cmd_evaluate(args) -> None:
     from gdis.evaluate import evaluate_checkpoint
 
     evaluate_checkpoint(load_config(args.config), args.checkpoint, args.run_record, args.model, args.annotations,
-                        args.images, args.predictions, args.metrics, _dataset_check(args.dataset_check))
+                        args.images, args.predictions, args.metrics, _dataset_check(args.dataset_check),
+                        args.cityscapes_ground_truth)
 
 
 def cmd_table(args) -> None:
@@ -267,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--predictions", required=True, help="COCO results JSON to write")
     sub.add_argument("--metrics", required=True, help="metrics JSON to write")
     sub.add_argument("--dataset-check", help="report of 'gdis check-dataset' on the val set: leaves out what it excludes")
+    sub.add_argument("--cityscapes-ground-truth",
+                     help="Cityscapes: the gtFine/val folder; adds the official evaluator's AP and AP50")
     sub.set_defaults(func=cmd_evaluate)
 
     sub = commands.add_parser("table", help="collect metrics files into a tidy CSV and a paper-style Markdown table")

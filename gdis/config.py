@@ -146,6 +146,7 @@ def _check_cross_fields(config: dict) -> None:
     if any(step > train["iterations"] for step in train["lr_steps"]):
         problems.append(f"train.lr_steps: {train['lr_steps']} has a step beyond train.iterations ({train['iterations']})")
     problems += _training_problems(config)
+    problems += _augment_problems(config)
     problems += _model_problems(config["model"])
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
@@ -167,6 +168,28 @@ def _training_problems(config: dict) -> list[str]:
     if distilling and train["pseudo_label"]["score_threshold"] >= 1:
         problems.append(f"train.pseudo_label.score_threshold: {train['pseudo_label']['score_threshold']} keeps no "
                         "detection (scores are below 1), so distillation would have no targets")
+    return problems
+
+
+def _augment_problems(config: dict) -> list[str]:
+    """What is wrong with ``train.augment``'s geometry keys (gdis.augment) for this config, each naming its key."""
+    augment, model = config["train"]["augment"], config["model"]
+    geometry, problems = augment["geometry"], []
+    low, high = geometry["scale_range"]
+    if low > high:
+        problems.append(f"train.augment.geometry.scale_range: {geometry['scale_range']} must be [low, high] with "
+                        "low <= high")
+    too_long = [side for side in geometry["short_sides"] if side > geometry["max_size"]]
+    if too_long:
+        problems.append(f"train.augment.geometry.short_sides: {too_long} exceed train.augment.geometry.max_size "
+                        f"({geometry['max_size']})")
+    view = {"large_scale_jitter": geometry["target_size"], "short_side_crop": geometry["crop_size"]}.get(
+        geometry["kind"])
+    # The views are the training resolution already: the model's own resize must leave them as they are.
+    if view is not None and (model["min_size"] != [min(view)] or model["max_size"] < max(view)):
+        problems.append(f"model.min_size: {model['min_size']} (model.max_size {model['max_size']}) would rescale the "
+                        f"{view[0]}x{view[1]} views of train.augment.geometry.kind '{geometry['kind']}'; use "
+                        f"[{min(view)}] and model.max_size >= {max(view)}")
     return problems
 
 
@@ -219,6 +242,17 @@ def dataset_paths(config: dict) -> dict[str, str]:
     if layout is None:
         return {key: dataset[key] for key in DATASET_PATH_KEYS}
     return {key: f"data/{dataset['name']}/{relative}" for key, relative in zip(DATASET_PATH_KEYS, layout)}
+
+
+# Official ground truth some prepared datasets keep for their own evaluators, under data/<name>.
+OFFICIAL_GROUND_TRUTH = {"cityscapes": "gtFine/val"}
+
+
+def official_ground_truth(config: dict) -> str | None:
+    """The folder of the val set's official ground truth (Cityscapes' gtFine/val), or None."""
+    dataset = config["dataset"]
+    relative = OFFICIAL_GROUND_TRUTH.get(dataset["source"])
+    return f"data/{dataset['name']}/{relative}" if relative else None
 
 
 def extra_unlabeled_paths(config: dict) -> dict[str, str]:

@@ -132,28 +132,8 @@ def collate(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
     return list(images), list(targets)
 
 
-def step_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int, num_steps: int, workers: int,
-                rank: int = 0, world_size: int = 1) -> DataLoader:
-    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, num_steps, rank, world_size)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
-
-
 def to_float(image: torch.Tensor) -> torch.Tensor:
     return image.float().div_(255)
-
-
-def random_flip(image: torch.Tensor, target: dict, probability: float) -> tuple[torch.Tensor, dict]:
-    """Horizontal flip of an image and, when present, its boxes and masks."""
-    if torch.rand(()) >= probability:
-        return image, target
-    flipped = dict(target)
-    if "boxes" in target:
-        width = image.shape[-1]
-        boxes = target["boxes"].clone()
-        boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-        flipped["boxes"] = boxes
-        flipped["masks"] = target["masks"].flip(-1)
-    return image.flip(-1), flipped
 
 
 def photometric_augmentation(augment: dict) -> v2.Transform:
@@ -165,15 +145,3 @@ def photometric_augmentation(augment: dict) -> v2.Transform:
         v2.RandomGrayscale(p=augment["grayscale_probability"]),
         v2.RandomApply([v2.GaussianBlur(kernel, sigma=sigma)], p=augment["blur_probability"]),
     ])
-
-
-def labeled_view(images: list[torch.Tensor], targets: list[dict], augment: dict) -> tuple[list, list]:
-    """Flipped float images with their targets (geometry only; scale jitter happens in the model)."""
-    views = [random_flip(to_float(image), target, augment["flip_probability"]) for image, target in zip(images, targets)]
-    return [image for image, _ in views], [target for _, target in views]
-
-
-def unlabeled_views(images: list[torch.Tensor], augment: dict, strong: v2.Transform) -> tuple[list, list]:
-    """Weak view for the teacher and strong view for the student, sharing the same geometry."""
-    weak = [random_flip(to_float(image), {}, augment["flip_probability"])[0] for image in images]
-    return weak, [strong(image) for image in weak]

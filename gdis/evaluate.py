@@ -137,9 +137,13 @@ def evaluate_network(model, category_ids: list[int], annotations_path: str | Pat
 
 def evaluate_checkpoint(config: dict, checkpoint: str | Path, run_record: str | Path, which: str,
                         annotations_path: str | Path, images_dir: str | Path, predictions_path: str | Path,
-                        metrics_path: str | Path, dataset_check: dict | None = None) -> dict:
+                        metrics_path: str | Path, dataset_check: dict | None = None,
+                        cityscapes_ground_truth: str | Path | None = None) -> dict:
     """``gdis evaluate``: AP of the ``which`` network (student or ema_teacher) of a finished run, written as one
-    row of the results table (``gdis.report.metrics_row``) to ``metrics_path``."""
+    row of the results table (``gdis.report.metrics_row``) to ``metrics_path``.
+
+    With ``cityscapes_ground_truth`` (gtFine/val), the official Cityscapes AP and AP50 are added.
+    """
     from gdis.checkpoint import load_network
     from gdis.report import metrics_row
 
@@ -148,6 +152,15 @@ def evaluate_checkpoint(config: dict, checkpoint: str | Path, run_record: str | 
     model, state = load_network(checkpoint, which, config["model"])
     metrics = evaluate_network(model, state["category_ids"], annotations_path, images_dir, predictions_path,
                                config["evaluate"]["batch_size"], config["evaluate"]["evaluator"], dataset_check)
+    if cityscapes_ground_truth:
+        import tempfile
+
+        from gdis.cityscapes_eval import cityscapes_metrics
+
+        images = usable_coco(annotations_path, dataset_check)["images"]
+        with tempfile.TemporaryDirectory(prefix="cityscapes-eval-") as work_dir:
+            metrics.update(cityscapes_metrics(read_json(predictions_path, "predictions file"), images,
+                                              cityscapes_ground_truth, work_dir))
     row = metrics_row(config, run, state, which, metrics)
     write_json(metrics_path, row, indent=1)
     log.info("%s %s: mask AP %.2f, box AP %.2f -> %s", state["method"], which, metrics["mask_AP"], metrics["box_AP"],

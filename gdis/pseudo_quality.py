@@ -166,34 +166,11 @@ class HiddenGroundTruth:
         return masks, labels
 
 
-def weak_view_is_flipped(image: torch.Tensor, weak: torch.Tensor) -> bool:
-    """Whether the teacher's weak view is the horizontal mirror of the uint8 ``image``.
-
-    The weak view is the image as float, flipped or not; comparing pixels tells which, exactly.
-    """
-    as_float = image.float().div(255)
-    return not torch.equal(weak, as_float) and torch.equal(weak, as_float.flip(-1))
-
-
-def measure(ground_truth: HiddenGroundTruth, image_ids: list[int], images: list[torch.Tensor],
-            weak_views: list[torch.Tensor], pseudo_labels: list[dict]) -> dict:
-    """Quality log fields of one batch of pseudo-labels (images without hidden annotations are skipped)."""
-    per_image = []
-    for image_id, image, weak, target in zip(image_ids, images, weak_views, pseudo_labels):
-        if image_id not in ground_truth:
-            continue
-        gt_masks, gt_labels = ground_truth.target(image_id)
-        if weak_view_is_flipped(image, weak):
-            gt_masks = gt_masks.flip(-1)
-        per_image.append(match_quality(target["masks"].bool(), target["labels"], gt_masks, gt_labels))
-    return quality_record(per_image) if per_image else {}
-
-
 def measure_views(ground_truth: HiddenGroundTruth, infos: list[dict], pseudo_labels: list[dict]) -> dict:
     """Quality log fields of one batch of pseudo-labels made on ``gdis.augment.UnlabeledViews`` weak views.
 
     ``infos`` are the views' infos (``image_id``, ``geometry``): the hidden masks are carried into each
-    view's frame by the view's own flip, resize, crop and padding, then matched as by ``measure``.
+    view's frame by the view's own flip, resize, crop and padding, then matched by ``match_quality``.
     Instances the crop leaves out are not counted as missed. Images without hidden annotations are skipped.
     """
     from gdis.augment import apply_to_masks

@@ -34,7 +34,9 @@ from gdis.checkpoint import (
     save_checkpoint,
     train_config_key,
 )
-from gdis.data import labeled_view, step_loader, unlabeled_views
+from gdis.augment import step_views_loader, views_loader
+from gdis.data import to_float
+from gdis.sampling import labeled_batch_sampler
 from gdis.io import read_json, write_json, write_text
 from gdis.provenance import run_record
 
@@ -176,32 +178,39 @@ class Trainer:
         log.info("pre-trained teacher loaded from %s", path)
 
     # -- training ----------------------------------------------------------------------------
-    def _pseudo_label(self, images: list[torch.Tensor], image_ids: list[int]) -> tuple[list, list, float, dict]:
-        weak, strong = unlabeled_views(images, self.train["augment"], self.parts.strong_augmentation)
+    def _pseudo_label(self, weak: list[torch.Tensor], infos: list[dict]) -> tuple[list, float, dict]:
+        """The teacher's pseudo-labels of the weak views, at the students' training resolution, and their quality."""
         thresholds = self.train["pseudo_label"]
         with autocast(self.teacher, self.train):
-            targets = self.teacher.pseudo_labels(weak, thresholds)
+            targets = self.teacher.pseudo_labels(weak, thresholds, short_side=self._view_short_side(weak))
         per_image = sum(len(t["labels"]) for t in targets) / len(targets)
         quality = {}
         measured_every = thresholds["quality_interval"] * self.train["log_period"]
         if self.parts.hidden_truth is not None and (self.iteration + 1) % measured_every == 0:
-            quality = pseudo_quality.measure(self.parts.hidden_truth, image_ids, images, weak, targets)
-        return strong, targets, per_image, quality
+            quality = pseudo_quality.measure_views(self.parts.hidden_truth, infos, targets)
+        return targets, per_image, quality
+
+    def _view_short_side(self, views: list[torch.Tensor]) -> int | None:
+        """Whole images (geometry 'flip') are pseudo-labelled at model.test_size, as evaluated; crops (large-scale
+        jitter, short-side crops) as they are, the very pixels the student sees (the reference's teacher)."""
+        if self.train["augment"]["geometry"]["kind"] == "flip":
+            return None
+        return min(min(view.shape[-2:]) for view in views)
 
     def step(self, labeled_batch, unlabeled_batch) -> dict:
         """One optimiser step of the student (and the teacher's switch or EMA update); returns its log record."""
         step, train = self.iteration, self.train
         if distill.copies_student(self.method, step, train["burn_in"]):
             distill.ema_update(self.teacher, self.student, decay=0.0)
-        images, targets = distributed.to_device(*labeled_view(*labeled_batch, train["augment"]), self.world.device)
-        groups = [(images, targets)]
+        views, targets = distributed.to_device(*labeled_batch, self.world.device)
+        groups = [([to_float(view) for view in views], targets)]
         phase = distill.teacher_phase(self.method, step, train["burn_in"])
         if phase is not None:
-            unlabeled_images, infos = unlabeled_batch
-            unlabeled_images, _ = distributed.to_device(unlabeled_images, [], self.world.device)
-            strong, pseudo, per_image, quality = self._pseudo_label(unlabeled_images,
-                                                                    [info["image_id"] for info in infos])
-            groups.append((strong, pseudo))
+            weak, strong, infos = unlabeled_batch
+            weak, _ = distributed.to_device(weak, [], self.world.device)
+            strong, _ = distributed.to_device(strong, [], self.world.device)
+            pseudo, per_image, quality = self._pseudo_label([to_float(view) for view in weak], infos)
+            groups.append(([to_float(view) for view in strong], pseudo))
         with autocast(self.student, train):
             supervised, *unsupervised_losses = self.student_losses(groups)
         terms = {f"loss_supervised/{k}": v for k, v in supervised.items()}
@@ -256,12 +265,15 @@ class Trainer:
             self._load_pretrained_teacher()
         remaining = train["iterations"] - self.iteration
         shard = {"rank": self.world.rank, "world_size": self.world.size}
-        labeled = iter(step_loader(self.parts.labeled, train["batch_size"], train["seed"], self.iteration, remaining,
-                                   train["num_workers"], **shard))
+        parts = self.parts
+        image_ids = [image["id"] for image in parts.labeled.images.images]
+        labeled_sampler = labeled_batch_sampler(train["labeled_sampler"], self.method, parts.labeled_coco, image_ids,
+                                                train["batch_size"], train["seed"], self.iteration, remaining, **shard)
+        labeled = iter(views_loader(parts.labeled, labeled_sampler, train["num_workers"]))
         unlabeled = iter(())
-        if self.parts.unlabeled is not None:
-            unlabeled = iter(step_loader(self.parts.unlabeled, train["unlabeled_batch_size"], train["seed"] + 1,
-                                         self.iteration, remaining, train["num_workers"], **shard))
+        if parts.unlabeled is not None:
+            unlabeled = iter(step_views_loader(parts.unlabeled, train["unlabeled_batch_size"], train["seed"] + 1,
+                                               self.iteration, remaining, train["num_workers"], **shard))
         if rng_state is not None:  # creating the iterators draws from the RNG, in a fresh run too
             torch.set_rng_state(rng_state)
         progress = tqdm(total=train["iterations"], initial=self.iteration, desc=f"train {self.method}", unit="step",

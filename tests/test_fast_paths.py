@@ -10,7 +10,7 @@ import torch
 
 from gdis.checkpoint import save_checkpoint
 from gdis.coco import annotation_mask, category_ids, encode_mask, load_coco
-from gdis.data import CocoInstances, labeled_view
+from gdis.data import CocoInstances, to_float
 from gdis.evaluate import STAT_NAMES, coco_metrics
 from gdis.io import write_json
 from gdis.models import build_model
@@ -29,8 +29,8 @@ def _groups(micro_dataset, widen_second_group: bool) -> tuple[list, int]:
     dataset = CocoInstances(load_coco(micro_dataset / "annotations" / "train.json"), micro_dataset / "train")
     groups = []
     for indices in ((0, 1, 2), (3, 4)):
-        images, targets = labeled_view(*zip(*[dataset[i] for i in indices]), {"flip_probability": 0.0})
-        groups.append((images, targets))
+        images, targets = zip(*[dataset[i] for i in indices])
+        groups.append(([to_float(image) for image in images], list(targets)))
     if widen_second_group:  # wider images pad to another size: the backbone then runs group by group
         images, targets = groups[1]
         groups[1] = ([torch.nn.functional.pad(image, (0, 36)) for image in images],
@@ -90,10 +90,11 @@ def test_guided_step_with_shared_backbone_equals_separate_forwards(micro_dataset
     supervised = trainer("supervised", True)
     teacher = tmp_path / "teacher.pt"
     save_checkpoint(teacher, **supervised._state())
-    labeled = [supervised.parts.labeled[i] for i in (0, 1)]
-    unlabeled = [supervised.parts.labeled[i] for i in (2, 3)]
+    labeled = [supervised.parts.labeled.images[i] for i in (0, 1)]
+    unlabeled = [supervised.parts.labeled.images[i] for i in (2, 3)]
     batches = ([image for image, _ in labeled], [target for _, target in labeled])
-    unlabeled_batch = ([image for image, _ in unlabeled], [{"image_id": t["image_id"]} for _, t in unlabeled])
+    unlabeled_batch = ([image for image, _ in unlabeled], [image for image, _ in unlabeled],
+                       [{"image_id": t["image_id"]} for _, t in unlabeled])
     records, weights = [], []
     for shared in (False, True):
         guided = trainer(f"guided_{shared}", shared, teacher=str(teacher))

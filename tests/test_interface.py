@@ -50,7 +50,7 @@ def _block(rows: slice, cols: slice) -> torch.Tensor:
     return logits
 
 
-def _queries(images):
+def _queries(images, short_side=None):
     """Hand-made queries on 64-px images (16x16 mask logits): 2 kept, then one rejected by each test."""
     class_logits = torch.tensor([[0.9, 0.05, 0.03, 0.02],  # kept, class 0
                                  [0.02, 0.03, 0.9, 0.05],  # kept, class 2

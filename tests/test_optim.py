@@ -213,7 +213,7 @@ def test_gdis_mask2former_groups():
     from gdis.config import deep_merge, read_yaml, validate_config
     from gdis.models import build_model
 
-    preset = read_yaml(Path(__file__).resolve().parents[1] / "config" / "presets" / "mask2former_tiny_cpu.yaml")
+    preset = read_yaml(Path(__file__).resolve().parents[1] / "config" / "networks" / "mask2former_tiny.yaml")
     config = validate_config(deep_merge(preset, {"dataset": {"name": "x", "source": "synthetic"},
                                                  "model": {"min_size": [64], "test_size": 64}}))
     model = build_model(config["model"], num_categories=3, load_weights=False)

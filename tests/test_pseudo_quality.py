@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from gdis.augment import Geometry
 from gdis.coco import encode_mask
 from gdis.pseudo_quality import (HiddenGroundTruth, boundary_band, boundary_iou, boundary_width, count_matches,
-                                 mask_iou, match_quality, measure, quality_record)
+                                 mask_iou, match_quality, measure_views, quality_record)
 
 
 def box_mask(x0: int, y0: int, x1: int, y1: int, size: int = 10) -> torch.Tensor:
@@ -129,29 +130,34 @@ def _annotations(tmp_path):
     return path
 
 
-def test_measure_follows_the_weak_view_flip(tmp_path):
+def _view(flip: bool) -> Geometry:
+    """A view's info: the 10x10 image itself, flipped or not (the demo's geometry)."""
+    return Geometry(flip=flip, resized=(10, 10), crop=(0, 0, 10, 10), canvas=(10, 10))
+
+
+def test_measure_views_follows_the_view_geometry(tmp_path):
     truth = HiddenGroundTruth(_annotations(tmp_path), [7, 9])
-    image = torch.randint(0, 256, (3, 10, 10), dtype=torch.uint8)
-    weak = image.float().div(255)
     on_the_left = {"masks": box_mask(0, 2, 4, 6)[None].to(torch.uint8), "labels": torch.tensor([1])}
     on_the_right = {"masks": box_mask(6, 2, 10, 6)[None].to(torch.uint8), "labels": torch.tensor([1])}
-    assert measure(truth, [1], [image], [weak], [on_the_left])["pseudo_label_precision"] == 1.0
-    assert measure(truth, [1], [image], [weak], [on_the_right])["pseudo_label_precision"] == 0.0
-    # the teacher saw a mirrored image: its pseudo-label on the right is the object on the left
-    flipped = measure(truth, [1], [image], [weak.flip(-1)], [on_the_right])
+    plain, mirrored = {"image_id": 1, "geometry": _view(False)}, {"image_id": 1, "geometry": _view(True)}
+    assert measure_views(truth, [plain], [on_the_left])["pseudo_label_precision"] == 1.0
+    assert measure_views(truth, [plain], [on_the_right])["pseudo_label_precision"] == 0.0
+    # the teacher saw a mirrored view: its pseudo-label on the right is the object on the left
+    flipped = measure_views(truth, [mirrored], [on_the_right])
     assert flipped["pseudo_label_precision"] == 1.0 and flipped["pseudo_label_recall"] == 1.0
     assert flipped["pseudo_label_mask_iou"] == 1.0 and flipped["pseudo_label_boundary_iou"] == 1.0
     # one pixel too wide: mask IoU 16 / 20; 10x10 image, d = 1: the true ring (12 px, the image border counts)
     # against the wider one (14 px) share 10 px
     wider = {"masks": box_mask(0, 2, 5, 6)[None].to(torch.uint8), "labels": torch.tensor([1])}
-    record = measure(truth, [1], [image], [weak], [wider])
+    record = measure_views(truth, [plain], [wider])
     assert record["pseudo_label_mask_iou"] == pytest.approx(16 / 20)
     assert record["pseudo_label_boundary_iou"] == pytest.approx(10 / 16)
     # image 2 has no objects: one false positive; an image id missing from the file is skipped
-    record = measure(truth, [1, 2, 99], [image] * 3, [weak] * 3, [on_the_left, on_the_left, on_the_left])
+    infos = [plain, {"image_id": 2, "geometry": _view(False)}, {"image_id": 99, "geometry": _view(False)}]
+    record = measure_views(truth, infos, [on_the_left] * 3)
     assert record["pseudo_label_precision"] == 0.5 and record["pseudo_label_recall"] == 1.0
     assert record["pseudo_label_quality_images"] == 2
-    assert measure(truth, [99], [image], [weak], [on_the_left]) == {}
+    assert measure_views(truth, [infos[2]], [on_the_left]) == {}
 
 
 def test_hidden_truth_refuses_other_categories(tmp_path):

@@ -34,9 +34,10 @@ class Segmenter(Protocol):
     def predict(self, images: list[torch.Tensor]) -> list[dict]:
         """Per image: boxes (xyxy), labels (1..K), scores, masks as (N, H, W) probabilities."""
 
-    def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
+    def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict, short_side: int | None = None) -> list[dict]:
         """Per image, targets (boxes, labels, binary masks) for a student, from this network as teacher
-        (``thresholds``: the train.pseudo_label keys)."""
+        (``thresholds``: the train.pseudo_label keys), predicted with the images' short side resized to
+        ``short_side`` (None: the test size)."""
 
     def explain_pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
         """Per image, every candidate the pseudo-label rule considered and what it did with it.

@@ -257,10 +257,11 @@ class Mask2FormerSegmenter(nn.Module):
         return losses
 
     @torch.no_grad()
-    def _query_outputs(self, images: list[torch.Tensor]):
-        """Class logits (B, Q, K+1) and low-resolution mask logits (B, Q, h, w) at the test size, with the sizes."""
+    def _query_outputs(self, images: list[torch.Tensor], short_side: int | None = None):
+        """Class logits (B, Q, K+1) and low-resolution mask logits (B, Q, h, w) with the images' short side at
+        ``short_side`` (None: the test size), with the sizes."""
         self.net.eval()
-        pixel_values, sizes = self._batch(images, self.test_size)
+        pixel_values, sizes = self._batch(images, short_side or self.test_size)
         outputs = self._forward(pixel_values, auxiliary=False)
         return outputs.class_queries_logits.float(), outputs.masks_queries_logits.float(), pixel_values.shape[-2:], sizes
 
@@ -284,13 +285,14 @@ class Mask2FormerSegmenter(nn.Module):
         return results
 
     @torch.no_grad()
-    def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
+    def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict, short_side: int | None = None) -> list[dict]:
         """Targets for the student from this (teacher) network's queries on ``images`` (train.pseudo_label keys).
 
-        Queries are selected on the low-resolution outputs (``select_pseudo_label_queries``); each
-        kept mask is its logits, resized to the image as at inference, with sigmoid > mask_threshold.
+        Queries are selected on the low-resolution (stride 4) outputs of the padded input
+        (``select_pseudo_label_queries``), as the reference measures its minimum mask sum; each kept mask
+        is its logits, resized to the image as at inference, with sigmoid > mask_threshold.
         """
-        class_logits, mask_logits, padded_size, sizes = self._query_outputs(images)
+        class_logits, mask_logits, padded_size, sizes = self._query_outputs(images, short_side)
         targets = []
         for image, classes, masks, size in zip(images, class_logits, mask_logits, sizes):
             queries, labels = select_pseudo_label_queries(classes, masks, thresholds["score_threshold"],

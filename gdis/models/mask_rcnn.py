@@ -164,14 +164,16 @@ class MaskRCNNSegmenter(nn.Module):
         return losses
 
     @torch.no_grad()
-    def predict(self, images: list[torch.Tensor], score_threshold: float | None = None) -> list[dict]:
+    def predict(self, images: list[torch.Tensor], score_threshold: float | None = None,
+                short_side: int | None = None) -> list[dict]:
         """Per image: boxes (xyxy), labels (1..K), scores, masks as (N, H, W) probabilities.
 
         ``score_threshold`` drops detections scoring at or below it before masks are computed
-        (pseudo-labelling needs no others), which saves most of the mask head's work.
+        (pseudo-labelling needs no others), which saves most of the mask head's work. The images are
+        resized to a short side of ``short_side`` (None: model.test_size).
         """
         self.net.eval()
-        self.net.transform.min_size = (self.test_size,)
+        self.net.transform.min_size = (short_side or self.test_size,)
         default_threshold = self.net.roi_heads.score_thresh
         if score_threshold is not None:
             self.net.roi_heads.score_thresh = max(score_threshold, default_threshold)
@@ -186,10 +188,11 @@ class MaskRCNNSegmenter(nn.Module):
     def backbone_parameters(self):
         return self.net.backbone.body.parameters()
 
-    def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
+    def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict, short_side: int | None = None) -> list[dict]:
         """Targets for the student from this (teacher) network's detections on ``images`` (train.pseudo_label keys)."""
         score, mask, area = thresholds["score_threshold"], thresholds["mask_threshold"], thresholds["min_area"]
-        return [filter_pseudo_labels(p, score, mask, area) for p in self.predict(images, score_threshold=score)]
+        predictions = self.predict(images, score_threshold=score, short_side=short_side)
+        return [filter_pseudo_labels(p, score, mask, area) for p in predictions]
 
     def explain_pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
         """Every detection of ``predict`` with its pseudo-label decision (``pseudo_label_decisions``)."""

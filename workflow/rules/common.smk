@@ -6,7 +6,8 @@ import re
 import shlex
 from pathlib import Path
 
-from gdis.config import DATASET_PATH_KEYS, PREPARED_LAYOUTS, ConfigError, dataset_paths, extra_unlabeled_paths, format_percent
+from gdis.config import (DATASET_PATH_KEYS, OFFICIAL_GROUND_TRUTH, PREPARED_LAYOUTS, ConfigError, dataset_paths,
+                         extra_unlabeled_paths, format_percent, official_ground_truth)
 from gdis.distill import METHODS, SUPERVISED, SUPERVISED_BURN_IN
 from gdis.distributed import SCHEDULER_RESOURCES, launcher, scheduler_resources
 from gdis.plans import Plans
@@ -181,11 +182,15 @@ def train_inputs(wildcards):
 
 
 def file_options(*names):
-    """Params function: ``--name path`` for each of ``names`` the job's input has (names with _ as -)."""
+    """Params function: `` --name path`` for each of ``names`` the job's input has (names with _ as -).
+
+    Each option starts with its space, so a rule writes ``{params.files}`` right after the previous word
+    and a job without such files gets no double space (DVC would see another command in dvc.lock).
+    """
 
     def options(wildcards, input):
         given = [name for name in names if name in input.keys() and input[name]]
-        return " ".join(f"--{name.replace('_', '-')} {shlex.quote(str(input[name]))}" for name in given)
+        return "".join(f" --{name.replace('_', '-')} {shlex.quote(str(input[name]))}" for name in given)
 
     return options
 

@@ -15,6 +15,8 @@ for source, layout in PREPARED_LAYOUTS.items():
         output:
             **{key: directory(f"{DATA_DIR}/{path}") if key.endswith("_images") else f"{DATA_DIR}/{path}"
                for key, path in zip(DATASET_PATH_KEYS, layout)},
+            **({"ground_truth": directory(f"{DATA_DIR}/{OFFICIAL_GROUND_TRUTH[source]}")}
+               if source in OFFICIAL_GROUND_TRUTH else {}),
         params:
             config=config_args,
             config_params=config_params(f"dataset.{source}"),

@@ -20,5 +20,5 @@ rule split:
         **job_resources("light"),
     shell:
         "gdis split --config {params.config} --annotations {input.annotations} --images {input.images} "
-        "--dataset-check {input.check} {params.files} --label-percent {wildcards.percent} --fold {wildcards.fold} "
+        "--dataset-check {input.check}{params.files} --label-percent {wildcards.percent} --fold {wildcards.fold} "
         "--out-dir {params.out_dir} 2> {log}"

@@ -25,7 +25,7 @@ rule train_supervised:
     shell:
         "{params.launcher} gdis train --config {params.config} --method supervised --label-percent {wildcards.percent} "
         "--fold {wildcards.fold} --labeled {input.labeled} --unlabeled {input.unlabeled} --manifest {input.manifest} "
-        "--images {input.images} {params.files} --out-dir {params.out_dir} 2> {log}"
+        "--images {input.images}{params.files} --out-dir {params.out_dir} 2> {log}"
 
 
 rule train_distillation:
@@ -52,5 +52,5 @@ rule train_distillation:
     shell:
         "{params.launcher} gdis train --config {params.config} --method {wildcards.method} "
         "--label-percent {wildcards.percent} --fold {wildcards.fold} --labeled {input.labeled} "
-        "--unlabeled {input.unlabeled} --manifest {input.manifest} --images {input.images} {params.files} "
+        "--unlabeled {input.unlabeled} --manifest {input.manifest} --images {input.images}{params.files} "
         "--out-dir {params.out_dir} 2> {log}"
