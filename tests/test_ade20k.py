@@ -166,14 +166,19 @@ def test_a_download_needs_a_size_or_an_md5():
     _ade20k_config(local_copy="/elsewhere", archives={"annotations_instance": unchecked})  # nothing is downloaded
 
 
-def test_plan_validates_with_the_references_schedule():
-    config = load_config([REPO / "config" / "config.yaml", REPO / "config" / "datasets" / "ade20k.yaml"])
+def test_plan_validates_with_the_references_schedule(monkeypatch):
+    from gdis.plans import Plans
+
+    monkeypatch.chdir(REPO)
+    config = Plans([]).config("ade20k", "mask2former_r50")
     assert config["dataset"]["source"] == "ade20k" and config["splits"]["label_percents"] == [10]
     assert (config["model"]["arch"], config["model"]["backbone"]) == ("mask2former", "resnet50")
-    assert config["model"]["min_size"] == [int(x * 0.1 * 640) for x in range(5, 21)]
+    geometry = config["train"]["augment"]["geometry"]
+    assert geometry["kind"] == "short_side_crop" and geometry["crop_size"] == [640, 640]
+    assert geometry["short_sides"] == [int(x * 0.1 * 640) for x in range(5, 21)] and config["model"]["min_size"] == [640]
     train = config["train"]
     assert (train["iterations"], train["lr_schedule"], train["warmup_iterations"]) == (160000, "poly", 0)
-    assert train["augment"] == validate_config({"dataset": {"name": "x", "source": "synthetic"}})["train"]["augment"]
+    assert train["augment"]["color_aug_ssd"] and train["augment"]["blur_sigma"] == [0.1, 2.0]
 
 
 def _archives() -> dict[str, bytes]:
