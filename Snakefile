@@ -1,5 +1,6 @@
 # gdis: semi-supervised instance segmentation by Guided Distillation.
-# Table of contents: plans -> dataset -> checks -> splits -> training -> evaluation -> figures -> report.
+# Table of contents: plans -> pre-training -> dataset -> checks -> splits -> training -> evaluation -> figures
+# -> report.
 # A target names its dataset (results/tables/coco.csv); `snakemake` alone runs the default one (the demo).
 from snakemake.utils import min_version
 
@@ -10,6 +11,7 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/checks.smk"

@@ -48,6 +48,13 @@ def _dataset_check(path: str | None) -> dict | None:
     return read_json(path, "dataset check report") if path else None
 
 
+def cmd_pretrain(args) -> None:
+    from gdis.config import load_config
+    from gdis.pretrain import pretrain_backbone
+
+    pretrain_backbone(load_config(args.config), Path(args.out), Path(args.record))
+
+
 def cmd_check_dataset(args) -> None:
     from gdis.check_dataset import check_dataset_files
 
@@ -188,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("check-config", help="validate config files and print the merged config with defaults")
     _add_config(sub)
     sub.set_defaults(func=cmd_check_config)
+
+    sub = commands.add_parser("pretrain", help="pre-train the tiny backbone on generated pretext images")
+    _add_config(sub)
+    sub.add_argument("--out", required=True, help="backbone weights file to write (what model.backbone_weights names)")
+    sub.add_argument("--record", required=True,
+                     help="JSON record to write: task, steps, pretext loss and accuracy, seconds")
+    sub.set_defaults(func=cmd_pretrain)
 
     sub = commands.add_parser("check-dataset", help="report unusable images and annotations of a COCO-format dataset")
     sub.add_argument("--annotations", required=True, help="a COCO annotation file")

@@ -35,8 +35,8 @@ from gdis.models.mask_rcnn import TINY_WIDTHS, TinyBody
 from gdis.provenance import run_record
 # The demo dataset's drawing primitives (backgrounds, fills, shape frames, occlusion), so that both
 # datasets are drawn alike; only the object classes differ.
-from gdis.synthetic import (_background, _fill, _local_coordinates, _pixel_grid, _star_polygon, _to_uint8,
-                            _visible_instances)
+from gdis.synthetic import (background, fill, local_coordinates, pixel_grid, star_polygon, to_uint8,
+                            visible_instances)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _shape_mask(name: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarra
         tip = (u >= neck * radius) & (u <= radius) & (np.abs(v) <= head * (radius - u) / ((1 - neck) * radius))
         return body | tip
     if name == "hexagon":
-        return _star_polygon(u, v, 6, radius, radius * math.cos(math.pi / 6))
+        return star_polygon(u, v, 6, radius, radius * math.cos(math.pi / 6))
     if name in ("letter_l", "letter_t"):
         stroke = rng.uniform(0.25, 0.4) * radius
         if name == "letter_l":
@@ -106,15 +106,15 @@ def _random_object(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray]
     label = int(rng.integers(len(PRETEXT_CLASSES)))
     radius = rng.uniform(*extent) * size / 2
     centre = rng.uniform(0.6 * radius, size - 0.6 * radius, 2)
-    u, v = _local_coordinates(*grid, centre, rng.uniform(0, 2 * np.pi), math.exp(rng.uniform(-0.25, 0.25)))
+    u, v = local_coordinates(*grid, centre, rng.uniform(0, 2 * np.pi), math.exp(rng.uniform(-0.25, 0.25)))
     return label + 1, _shape_mask(PRETEXT_CLASSES[label], rng, u, v, radius)
 
 
 def _pretext_background(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The demo's gradient / smooth-noise backgrounds, or a textured one (stripes, checks, noise)."""
     if rng.random() < 0.3:
-        return np.array(_fill(rng, grid, rng.random(3)), dtype=np.float64)
-    return _background(rng, grid)
+        return np.array(fill(rng, grid, rng.random(3)), dtype=np.float64)
+    return background(rng, grid)
 
 
 def _visible_objects(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray], size: int,
@@ -122,7 +122,7 @@ def _visible_objects(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarra
     """Objects drawn until at least one stays visible: (class, mask, visible part) in paint order."""
     for _ in range(100):
         count = int(rng.integers(layout.objects[0], layout.objects[1] + 1))
-        kept = _visible_instances([_random_object(rng, grid, size, layout.extent) for _ in range(count)])
+        kept = visible_instances([_random_object(rng, grid, size, layout.extent) for _ in range(count)])
         if kept:
             return kept
     raise RuntimeError(f"no visible pretext object in 100 layouts of {size}-pixel images")
@@ -131,19 +131,19 @@ def _visible_objects(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarra
 def render_pretext_image(seed: int, index: int, size: int, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """Pretext image ``index`` of ``seed``: uint8 RGB (size, size, 3) and its class map (0 background, 1..K)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, _PRETEXT_STREAM, index]))
-    grid = _pixel_grid(size)
+    grid = pixel_grid(size)
     image = _pretext_background(rng, grid)
     class_map = np.zeros((size, size), dtype=np.uint8)
     for label, mask, visible in _visible_objects(rng, grid, size, layout):
-        image[mask] = _fill(rng, grid, image[mask].mean(axis=0))[mask]
+        image[mask] = fill(rng, grid, image[mask].mean(axis=0))[mask]
         class_map[visible] = label  # the part no kept object above covers
     if rng.random() < BLUR_PROBABILITY:
-        blurred = Image.fromarray(_to_uint8(image)).filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.3)))
+        blurred = Image.fromarray(to_uint8(image)).filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.3)))
         image = np.asarray(blurred, dtype=np.float64) / 255
     if rng.random() < GRAYSCALE_PROBABILITY:  # microscopy and industrial images are often single-channel
         image = np.repeat(image @ np.array([0.299, 0.587, 0.114]), 3).reshape(image.shape)
     image = image + rng.normal(0, NOISE_STD * rng.uniform(0.5, 1.5), image.shape)
-    return _to_uint8(image), class_map
+    return to_uint8(image), class_map
 
 
 def pretext_dataset(seed: int, first: int, count: int, size: int, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:

@@ -228,16 +228,10 @@ def _save_png(figure: Figure, png_path: str | os.PathLike) -> None:
         figure.savefig(tmp, format="png", dpi=150, metadata=PNG_METADATA)
 
 
-def plot_ap_vs_labels(table: pd.DataFrame, png_path: str | os.PathLike, title: str) -> None:
-    """Mask AP vs label percentage (log x): one colour per method, EMA teacher solid, student dashed, min-max band;
-    published COCO mask AP of the same dataset and network as hollow black markers."""
-    configs = table[CONFIG_COLUMNS].drop_duplicates()
-    if len(configs) > 1:
-        raise ValueError(f"table mixes {len(configs)} dataset/arch/backbone/weights configurations; plot one at a time")
+def _plot_network(axes, table: pd.DataFrame, config: pd.Series) -> None:
+    """One panel of ``plot_ap_vs_labels``: the rows of one dataset/network configuration."""
     series = [(method, model) for method in METHOD_ORDER
               for model in (["ema_teacher", "student"] if METHODS[method].distills else ["student"])]
-    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
-    axes = figure.add_subplot()
     plotted = []
     for method, model in series:
         rows = table[(table["method"] == method) & (table["model"] == model)].dropna(subset=["mask_AP"])
@@ -253,8 +247,7 @@ def plot_ap_vs_labels(table: pd.DataFrame, png_path: str | os.PathLike, title: s
             axes.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.12, linewidth=0)
         plotted.append(stats.index)
     if not plotted:
-        raise ValueError("table has no mask AP to plot")
-    config = configs.iloc[0]
+        raise ValueError(f"no mask AP to plot for {config['arch']} / {config['backbone']}")
     published = published_for(config["dataset"])
     published = published[published["label_percent"].isin(set(np.concatenate(plotted)))
                           & (published["metric"] == "coco_mask_AP") & (published["arch"] == config["arch"])
@@ -269,9 +262,24 @@ def plot_ap_vs_labels(table: pd.DataFrame, png_path: str | os.PathLike, title: s
     axes.xaxis.set_minor_locator(NullLocator())
     axes.set_xlabel("labelled training images")
     axes.set_ylabel("mask AP (%)")
-    axes.set_title(title)
+    axes.set_title(f"{config['arch']}, {config['backbone']} backbone", fontsize="medium")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
+
+
+def plot_ap_vs_labels(table: pd.DataFrame, png_path: str | os.PathLike, title: str) -> None:
+    """Mask AP vs label percentage (log x), one panel per network (dataset/arch/backbone/weights configuration):
+    one colour per method, EMA teacher solid, student dashed, min-max band; published COCO mask AP of the same
+    dataset and network as hollow black markers."""
+    if table.empty:
+        raise ValueError("table has no mask AP to plot")
+    configs = table[CONFIG_COLUMNS].drop_duplicates().sort_values(CONFIG_COLUMNS).reset_index(drop=True)
+    figure = Figure(figsize=(6.4 * len(configs), 4.4), layout="constrained")
+    panels = figure.subplots(1, len(configs), squeeze=False)[0]
+    for axes, (_, config) in zip(panels, configs.iterrows()):
+        rows = table[(table[CONFIG_COLUMNS] == config[CONFIG_COLUMNS]).all(axis=1)]
+        _plot_network(axes, rows, config)
+    figure.suptitle(title)
     _save_png(figure, png_path)
 
 

@@ -236,12 +236,12 @@ def _render_image(
     rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray], spec: SyntheticSpec
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Render one image; return it as uint8 RGB and its (category_id, visible mask) instances."""
-    image = _background(rng, grid)
+    image = background(rng, grid)
     _paint_distractors(rng, image, grid, spec)
     instances = _layout(rng, grid, spec)
     for _, mask, _ in instances:
         under = image[mask].mean(axis=0)
-        image[mask] = _fill(rng, grid, under)[mask]
+        image[mask] = fill(rng, grid, under)[mask]
     if rng.random() < spec.blur_probability:
         image = gaussian_blur(image, rng.uniform(0.5, 1.3))
     image = image + rng.normal(0, spec.noise_std * rng.uniform(0.5, 1.5), image.shape)
@@ -258,7 +258,7 @@ def gaussian_blur(image: np.ndarray, radius: float) -> np.ndarray:
     return np.asarray(blurred, dtype=np.float64) / 255
 
 
-def _background(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def background(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """A linear gradient or a smooth-noise texture between two random colours, shape (H, W, 3)."""
     xs, ys = grid
     size = xs.shape[0]
@@ -380,14 +380,14 @@ def _random_shape(
         rho = np.hypot(u, v)
         mask = (rho <= radius) & (rho >= rng.uniform(0.45, 0.7) * radius)
     elif name == "star":
-        mask = _star_polygon(u, v, 5, radius, rng.uniform(0.38, 0.55) * radius)
+        mask = star_polygon(u, v, 5, radius, rng.uniform(0.38, 0.55) * radius)
     else:
         corners = 4 if name == "square" else 3
-        mask = _star_polygon(u, v, corners, radius, radius * math.cos(math.pi / corners))
+        mask = star_polygon(u, v, corners, radius, radius * math.cos(math.pi / corners))
     return category["id"], mask
 
 
-def _star_polygon(u: np.ndarray, v: np.ndarray, points: int, outer: float, inner: float) -> np.ndarray:
+def star_polygon(u: np.ndarray, v: np.ndarray, points: int, outer: float, inner: float) -> np.ndarray:
     """Inside test for a star with ``points`` tips at radius ``outer`` and notches at radius ``inner``.
 
     With inner = outer * cos(pi / points) the notches lie on the edges, giving a regular polygon.
@@ -404,7 +404,7 @@ def _star_polygon(u: np.ndarray, v: np.ndarray, points: int, outer: float, inner
     return edge_x * y - edge_y * (x - outer) >= 0
 
 
-def _fill(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray], under: np.ndarray) -> np.ndarray:
+def fill(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray], under: np.ndarray) -> np.ndarray:
     """A full-image fill (solid, stripes, checkerboard or noise texture) whose colours stand out from ``under``."""
     xs, ys = grid
     size = xs.shape[0]

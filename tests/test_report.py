@@ -142,6 +142,19 @@ def test_ap_vs_labels_plot_writes_a_deterministic_png(tmp_path, folds_table):
     assert first.read_bytes() == second.read_bytes()
 
 
+def test_ap_vs_labels_plot_has_a_panel_per_network(tmp_path):
+    from PIL import Image
+
+    rows = [metrics(method="supervised", model="student"),
+            metrics(method="supervised", model="student", arch="mask2former", backbone="tiny")]
+    table = report.collect_metrics(write_metrics(tmp_path, rows))
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    report.plot_ap_vs_labels(table[table["arch"] == "mask2former"], one, "one network")
+    report.plot_ap_vs_labels(table, two, "two networks")
+    with Image.open(one) as single, Image.open(two) as double:
+        assert double.width == 2 * single.width and double.height == single.height
+
+
 def test_ap_vs_labels_plot_with_a_single_point(tmp_path):
     table = report.collect_metrics(write_metrics(tmp_path, [metrics(method="supervised", model="student")]))
     png_path = tmp_path / "single.png"

@@ -85,7 +85,7 @@ def render_cells_image(
     """One image as uint8 RGB and its (category_id, visible mask) instances."""
     size = spec.image_size
     stain = _stain(rng)
-    image = _background(rng, grid, stain)
+    image = background(rng, grid, stain)
     cells = _place_cells(rng, grid, spec)
     kept = visible_instances([(index, cell.mask) for index, cell in enumerate(cells)],
                              _MIN_VISIBLE_FRACTION, _MIN_VISIBLE_PIXELS, one_piece_without_holes)
@@ -109,7 +109,7 @@ def _stained(colour: tuple[float, float, float] | np.ndarray, stain: np.ndarray)
     return np.clip(1 - stain @ (1 - np.asarray(colour, dtype=np.float64)), 0, 1)
 
 
-def _background(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray], stain: np.ndarray) -> np.ndarray:
+def background(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray], stain: np.ndarray) -> np.ndarray:
     """Pale stained medium with faint stroma texture, specks of debris and out-of-focus ghosts (unannotated)."""
     xs, ys = grid
     size = xs.shape[0]

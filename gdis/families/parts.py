@@ -75,7 +75,7 @@ def render_parts_image(
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """One image as uint8 RGB and its (category_id, visible mask) instances."""
     size = spec.image_size
-    image = _background(rng, grid)
+    image = background(rng, grid)
     parts = [_part(rng, grid, spec) for _ in range(int(rng.integers(spec.min_parts, spec.max_parts + 1)))]
     kept = visible_instances([(index, part.mask) for index, part in enumerate(parts)],
                              _MIN_VISIBLE_FRACTION, _MIN_VISIBLE_PIXELS, one_piece_without_holes)
@@ -102,7 +102,7 @@ def _part(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray], spec: P
     return Part(category_id, level <= 1, u, v, level, half_length, half_width)
 
 
-def _background(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def background(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """A belt, perforated sheet or cardboard, under a lighting gradient, with unannotated clutter."""
     xs, ys = grid
     size = xs.shape[0]
