@@ -1,6 +1,6 @@
 # gdis: semi-supervised instance segmentation by Guided Distillation.
-# Table of contents: plans -> pre-training -> dataset -> checks -> splits -> training -> evaluation -> figures
-# -> report.
+# Table of contents: plans -> pre-training -> dataset -> checks -> splits -> training -> evaluation (and
+# galleries) -> report.
 # A target names its dataset (results/tables/coco.csv); `snakemake` alone runs the default one (the demo).
 from snakemake.utils import min_version
 
@@ -19,7 +19,6 @@ include: "workflow/rules/splits.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
-include: "workflow/rules/figures.smk"
 
 
 rule all:

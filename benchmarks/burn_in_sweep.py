@@ -26,8 +26,7 @@ SUPERVISED, GUIDED = "supervised", "guided_distillation"
 
 def run_results(config: dict, kind: str, method: str, percent: float) -> Path:
     """A run's folder under results/<kind> ("eval" or "models"), as the workflow names it."""
-    model = config["model"]
-    return (Path("results") / kind / config["dataset"]["name"] / model["arch"] / model["backbone"] / method
+    return (Path("results") / kind / config["dataset"]["name"] / config["networks"][0] / method
             / f"{format_percent(percent)}pct" / f"fold{config['splits']['folds'][0]}")
 
 
@@ -40,7 +39,7 @@ def snakemake(workdir: Path, targets: list[Path], overrides: Path, cores: int) -
 
 
 def mask_ap(workdir: Path, directory: Path, model: str = "student") -> float:
-    return json.loads((workdir / directory / f"{model}.json").read_text())["mask_AP"]
+    return json.loads((workdir / directory / "metrics.json").read_text())[model]["mask_AP"]
 
 
 def sweep_seed(root: Path, config: dict, seed: int, burn_ins: list[int], percents: list[float]) -> list[dict]:
@@ -49,13 +48,12 @@ def sweep_seed(root: Path, config: dict, seed: int, burn_ins: list[int], percent
     if not (workdir / "Snakefile").exists():
         workdir.mkdir(parents=True, exist_ok=True)
         copy_workflow(workdir)
-    supervised = [run_results(config, "eval", SUPERVISED, p) / "student.json" for p in percents]
+    supervised = [run_results(config, "eval", SUPERVISED, p) / "metrics.json" for p in percents]
     rows = []
     for burn_in in burn_ins:
         overrides = workdir / f"burn_in_{burn_in}.yaml"
         write_text(overrides, json.dumps({"train": {"seed": seed, "burn_in": burn_in}, "report": {"after_run": False}}))
-        guided = [run_results(config, "eval", GUIDED, p) / name
-                  for p in percents for name in ("student.json", "ema_teacher.json")]
+        guided = [run_results(config, "eval", GUIDED, p) / "metrics.json" for p in percents]
         snakemake(workdir, supervised + guided, overrides, cores=1)
         for percent in percents:
             guided_dir = run_results(config, "eval", GUIDED, percent)

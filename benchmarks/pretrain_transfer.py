@@ -6,7 +6,7 @@
 In DIR: the demo dataset (``gdis synthesize``) and its splits (``gdis split``, fold 1); one backbone
 per pretext task (``gdis.pretrain.pretrain_backbone``, timed with ``/usr/bin/time``); then supervised
 runs (``gdis train`` + ``gdis evaluate``) of the demo's Mask R-CNN and of Mask2Former tiny
-(config/presets/mask2former_tiny_cpu.yaml; lowest label percentage only) from random and from each
+(config/networks/mask2former_tiny.yaml; lowest label percentage only) from random and from each
 pre-trained backbone, ``--cores`` runs at a time, one thread each. A shorter schedule scales the demo's
 warm-up (50) and LR step (415 of 500). Finished runs are kept, so a rerun only adds what is missing.
 Prints a Markdown table and writes it, with every number, to DIR/pretrain_transfer.{md,json}.
@@ -30,7 +30,7 @@ from benchmarks._common import DEMO_CONFIG, REPO
 from gdis.config import format_percent, load_config
 from gdis.io import write_json, write_text
 
-MASK2FORMER_PRESET = REPO / "config" / "presets" / "mask2former_tiny_cpu.yaml"
+NETWORK_PRESETS = {arch: REPO / "config" / "networks" / f"{arch}_tiny.yaml" for arch in ("mask_rcnn", "mask2former")}
 RANDOM = "random"
 
 
@@ -49,7 +49,8 @@ def prepare(workdir: Path, percents: list[float]) -> None:
     for percent in percents:
         split_dir = workdir / "splits" / f"{format_percent(percent)}pct"
         if not (split_dir / "manifest.json").exists():
-            gdis(workdir, workdir / "prepare.log", "split", "--config", str(DEMO_CONFIG), "--label-percent",
+            gdis(workdir, workdir / "prepare.log", "split", "--config", str(DEMO_CONFIG), "--annotations",
+                 "data/shapes/annotations/train.json", "--images", "data/shapes/train", "--label-percent",
                  str(percent), "--fold", "1", "--out-dir", str(split_dir))
 
 
@@ -82,23 +83,25 @@ def train_and_evaluate(workdir: Path, arch: str, init: str, weights: str | None,
     """One supervised run of the demo config with ``iterations`` steps, from ``weights``, and its val mask AP."""
     name = f"{arch}_{init}_{format_percent(percent)}pct_{iterations}it"
     run_dir = workdir / "runs" / name
-    metrics = run_dir / "student.json"
+    metrics = run_dir / "metrics.json"
     if not metrics.exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         scale = iterations / 500  # the demo's schedule: 500 steps, warm-up 50, LR step at 415
         overrides = {"methods": ["supervised"], "model": {"backbone_weights": weights},
                      "train": {"iterations": iterations, "warmup_iterations": round(50 * scale),
                                "lr_steps": [round(415 * scale)], "burn_in": round(440 * scale)}}
-        configs = [str(DEMO_CONFIG)] + ([str(MASK2FORMER_PRESET)] if arch == "mask2former" else [])
+        configs = [str(DEMO_CONFIG), str(NETWORK_PRESETS[arch])]
         write_text(run_dir / "overrides.yaml", json.dumps(overrides))
         configs.append(str(run_dir / "overrides.yaml"))
         log = run_dir / "run.log"
         split_dir = workdir / "splits" / f"{format_percent(percent)}pct"
         gdis(workdir, log, "train", "--config", *configs, "--method", "supervised", "--label-percent", str(percent),
-             "--fold", "1", "--split-dir", str(split_dir), "--out-dir", str(run_dir))
+             "--fold", "1", "--labeled", str(split_dir / "labeled.json"), "--unlabeled",
+             str(split_dir / "unlabeled.json"), "--images", "data/shapes/train", "--out-dir", str(run_dir))
         gdis(workdir, log, "evaluate", "--config", *configs, "--checkpoint", str(run_dir / "model_final.pt"),
-             "--model", "student", "--predictions", str(run_dir / "predictions.json"), "--metrics", str(metrics))
-    found = json.loads(metrics.read_text())
+             "--run-record", str(run_dir / "run.json"), "--annotations", "data/shapes/annotations/val.json",
+             "--images", "data/shapes/val", "--predictions-dir", str(run_dir / "predictions"), "--metrics", str(metrics))
+    found = json.loads(metrics.read_text())["student"]
     record = json.loads((run_dir / "run.json").read_text())
     return {"arch": arch, "init": init, "label_percent": percent, "iterations": iterations,
             "mask_AP": found["mask_AP"], "box_AP": found["box_AP"], "train_seconds": record["seconds"]}

@@ -98,11 +98,23 @@ def cmd_train(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from gdis.config import load_config
-    from gdis.evaluate import evaluate_checkpoint
+    from gdis.evaluate import evaluate_run
+    from gdis.visualize import RunGalleryFiles
 
-    evaluate_checkpoint(load_config(args.config), args.checkpoint, args.run_record, args.model, args.annotations,
-                        args.images, args.predictions, args.metrics, _dataset_check(args.dataset_check),
-                        args.cityscapes_ground_truth)
+    galleries = None
+    gallery_args = ("val_gallery", "unlabeled_gallery", "labeled", "unlabeled", "train_annotations", "train_images")
+    given = [name for name in gallery_args if getattr(args, name)]
+    if given and len(given) < len(gallery_args):
+        missing = ", ".join("--" + name.replace("_", "-") for name in gallery_args if name not in given)
+        raise ValueError(f"the galleries need {missing} too")
+    if given:
+        files = RunGalleryFiles(labeled=args.labeled, unlabeled=args.unlabeled, train_annotations=args.train_annotations,
+                                train_images=args.train_images, val_annotations=args.annotations,
+                                val_images=args.images)
+        galleries = (files, args.val_gallery, args.unlabeled_gallery)
+    evaluate_run(load_config(args.config), args.checkpoint, args.run_record, args.annotations, args.images,
+                 args.predictions_dir, args.metrics, _dataset_check(args.dataset_check), args.cityscapes_ground_truth,
+                 galleries)
 
 
 def cmd_table(args) -> None:
@@ -272,18 +284,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out-dir", required=True, help="writes model_final.pt, train_log.jsonl and run.json here")
     sub.set_defaults(func=cmd_train)
 
-    sub = commands.add_parser("evaluate", help="COCO mask and box AP of a checkpoint on the val set")
+    sub = commands.add_parser("evaluate", help="COCO mask and box AP of a finished run's networks on the val set")
     _add_config(sub)
     sub.add_argument("--checkpoint", required=True, help="model_final.pt written by 'gdis train'")
     sub.add_argument("--run-record", required=True, help="the run.json written beside it")
-    sub.add_argument("--model", required=True, choices=["student", "ema_teacher"], help="which network to evaluate")
     sub.add_argument("--annotations", required=True, help="the val set's COCO annotations")
     sub.add_argument("--images", required=True, help="the val images folder")
-    sub.add_argument("--predictions", required=True, help="COCO results JSON to write")
-    sub.add_argument("--metrics", required=True, help="metrics JSON to write")
+    sub.add_argument("--predictions-dir", required=True,
+                     help="folder to write each network's COCO results into (student.json, ema_teacher.json)")
+    sub.add_argument("--metrics", required=True, help="metrics JSON to write: one table row per network")
     sub.add_argument("--dataset-check", help="report of 'gdis check-dataset' on the val set: leaves out what it excludes")
     sub.add_argument("--cityscapes-ground-truth",
                      help="Cityscapes: the gtFine/val folder; adds the official evaluator's AP and AP50")
+    gallery = sub.add_argument_group("galleries", "draw the run's galleries too, from the same networks ('gdis gallery')")
+    gallery.add_argument("--val-gallery", help="PNG to write: val images, ground truth and predictions")
+    gallery.add_argument("--unlabeled-gallery", help="PNG to write: unlabelled images and pseudo-labels")
+    gallery.add_argument("--labeled", help="the run's labeled.json (its images are left out of the sample)")
+    gallery.add_argument("--unlabeled", help="the run's unlabeled.json (the sample of unlabelled images)")
+    gallery.add_argument("--train-annotations", help="the training set's annotations (hidden ground truth)")
+    gallery.add_argument("--train-images", help="the training images folder")
     sub.set_defaults(func=cmd_evaluate)
 
     sub = commands.add_parser("table", help="collect metrics files into a tidy CSV and a paper-style Markdown table")

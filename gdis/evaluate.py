@@ -135,34 +135,45 @@ def evaluate_network(model, category_ids: list[int], annotations_path: str | Pat
     return metrics
 
 
-def evaluate_checkpoint(config: dict, checkpoint: str | Path, run_record: str | Path, which: str,
-                        annotations_path: str | Path, images_dir: str | Path, predictions_path: str | Path,
-                        metrics_path: str | Path, dataset_check: dict | None = None,
-                        cityscapes_ground_truth: str | Path | None = None) -> dict:
-    """``gdis evaluate``: AP of the ``which`` network (student or ema_teacher) of a finished run, written as one
-    row of the results table (``gdis.report.metrics_row``) to ``metrics_path``.
+def evaluate_run(config: dict, checkpoint: str | Path, run_record: str | Path, annotations_path: str | Path,
+                 images_dir: str | Path, predictions_dir: str | Path, metrics_path: str | Path,
+                 dataset_check: dict | None = None, cityscapes_ground_truth: str | Path | None = None,
+                 galleries: tuple | None = None) -> dict:
+    """``gdis evaluate``: AP of every network of a finished run (the student, and after distillation the EMA
+    teacher), each a row of the results table (``gdis.report.metrics_row``), written to ``metrics_path`` as
+    {network: row}; each network's COCO results to ``predictions_dir/<network>.json``.
 
-    With ``cityscapes_ground_truth`` (gtFine/val), the official Cityscapes AP and AP50 are added.
+    With ``cityscapes_ground_truth`` (gtFine/val), the official Cityscapes AP and AP50 are added. With
+    ``galleries`` = (RunGalleryFiles, val PNG, unlabelled PNG), the run's galleries are drawn from the same
+    networks (``gdis.visualize.draw_run_galleries``).
     """
-    from gdis.checkpoint import load_network
     from gdis.report import metrics_row
+    from gdis.visualize import draw_run_galleries, load_run_networks
 
     torch.set_num_threads(config["evaluate"]["threads"])
     run = read_json(run_record, "run record")
-    model, state = load_network(checkpoint, which, config["model"])
-    metrics = evaluate_network(model, state["category_ids"], annotations_path, images_dir, predictions_path,
-                               config["evaluate"]["batch_size"], config["evaluate"]["evaluator"], dataset_check)
-    if cityscapes_ground_truth:
-        import tempfile
+    networks, state = load_run_networks(checkpoint, config["model"])
+    rows = {}
+    for name, network in networks.items():
+        predictions = Path(predictions_dir) / f"{name}.json"
+        metrics = evaluate_network(network, state["category_ids"], annotations_path, images_dir, predictions,
+                                   config["evaluate"]["batch_size"], config["evaluate"]["evaluator"], dataset_check)
+        if cityscapes_ground_truth:
+            metrics.update(_cityscapes_metrics(predictions, annotations_path, dataset_check, cityscapes_ground_truth))
+        rows[name] = metrics_row(config, run, state, name, metrics)
+        log.info("%s %s: mask AP %.2f, box AP %.2f", state["method"], name, metrics["mask_AP"], metrics["box_AP"])
+    write_json(metrics_path, rows, indent=1)
+    if galleries:
+        draw_run_galleries(config, networks, state, *galleries)
+    return rows
 
-        from gdis.cityscapes_eval import cityscapes_metrics
 
-        images = usable_coco(annotations_path, dataset_check)["images"]
-        with tempfile.TemporaryDirectory(prefix="cityscapes-eval-") as work_dir:
-            metrics.update(cityscapes_metrics(read_json(predictions_path, "predictions file"), images,
-                                              cityscapes_ground_truth, work_dir))
-    row = metrics_row(config, run, state, which, metrics)
-    write_json(metrics_path, row, indent=1)
-    log.info("%s %s: mask AP %.2f, box AP %.2f -> %s", state["method"], which, metrics["mask_AP"], metrics["box_AP"],
-             metrics_path)
-    return row
+def _cityscapes_metrics(predictions: Path, annotations_path: str | Path, dataset_check: dict | None,
+                        ground_truth: str | Path) -> dict:
+    import tempfile
+
+    from gdis.cityscapes_eval import cityscapes_metrics
+
+    images = usable_coco(annotations_path, dataset_check)["images"]
+    with tempfile.TemporaryDirectory(prefix="cityscapes-eval-") as work_dir:
+        return cityscapes_metrics(read_json(predictions, "predictions file"), images, ground_truth, work_dir)

@@ -66,11 +66,10 @@ def metrics_row(config: dict, run: dict, checkpoint: dict, model: str, metrics: 
     }
 
 
-def _read_metrics(path: Path) -> dict:
-    """One metrics file as a row of TABLE_COLUMNS with typed values; errors name the file."""
-    data = read_json(path, "metrics file")
+def _metrics_row(path: Path, data) -> dict:
+    """One row of TABLE_COLUMNS with typed values from one network's metrics; errors name the file."""
     if not isinstance(data, dict):
-        raise ValueError(f"metrics file {path} does not hold a JSON object")
+        raise ValueError(f"metrics file {path} does not hold a JSON object per network")
     missing = [key for key in TABLE_COLUMNS if key not in data and key not in OPTIONAL_COLUMNS]
     if missing:
         raise ValueError(f"metrics file {path} lacks key(s): {', '.join(missing)}")
@@ -90,13 +89,28 @@ def _read_metrics(path: Path) -> dict:
     return row
 
 
+def read_metrics_file(path: str | os.PathLike) -> list[dict]:
+    """The rows of a run's metrics file (``gdis evaluate``): one per evaluated network, keyed by its name."""
+    path = Path(path)
+    data = read_json(path, "metrics file")
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"metrics file {path} does not hold a JSON object of networks (student, ema_teacher)")
+    rows = [_metrics_row(path, value) for value in data.values()]
+    wrong = [name for name, row in zip(data, rows) if row["model"] != name]
+    if wrong:
+        raise ValueError(f"metrics file {path}: the entries {wrong} hold the metrics of another network")
+    return rows
+
+
 def collect_metrics(metric_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """Read metrics JSON files into one row each (TABLE_COLUMNS), sorted by config, method, label %, fold, model."""
+    """Read runs' metrics files into one row per network (TABLE_COLUMNS), sorted by config, method, label %, fold,
+    model."""
     paths = [Path(path) for path in metric_files]
     if not paths:
         raise ValueError("no metrics files given")
-    table = pd.DataFrame([_read_metrics(path) for path in paths], columns=TABLE_COLUMNS)
-    table["source"] = [str(path) for path in paths]
+    rows = [(row, str(path)) for path in paths for row in read_metrics_file(path)]
+    table = pd.DataFrame([row for row, _ in rows], columns=TABLE_COLUMNS)
+    table["source"] = [source for _, source in rows]
     key = CONFIG_COLUMNS + ["method", "label_percent", "fold", "model"]
     duplicated = table[table.duplicated(key, keep=False)]
     if not duplicated.empty:

@@ -349,19 +349,32 @@ class RunGalleryFiles:
 
 def write_run_galleries(config: dict, checkpoint: str | Path, files: RunGalleryFiles, val_png: str | Path,
                         unlabeled_png: str | Path) -> None:
-    """The val and unlabelled galleries of one training run.
+    """The val and unlabelled galleries of one training run, from its checkpoint (``gdis gallery``)."""
+    networks, state = load_run_networks(checkpoint, config["model"])
+    draw_run_galleries(config, networks, state, files, val_png, unlabeled_png)
+
+
+def load_run_networks(checkpoint: str | Path, model_config: dict) -> tuple[dict, dict]:
+    """{name: network} of a finished run, 'student' and, after distillation, 'ema_teacher'; and the checkpoint."""
+    student, state = load_network(checkpoint, "student", model_config)
+    networks = {"student": student}
+    if state.get("ema_teacher") is not None:
+        networks["ema_teacher"], _ = load_network(checkpoint, "ema_teacher", model_config)
+    return networks, state
+
+
+def draw_run_galleries(config: dict, networks: dict, state: dict, files: RunGalleryFiles, val_png: str | Path,
+                       unlabeled_png: str | Path) -> None:
+    """The val and unlabelled galleries of one run's ``networks`` (``load_run_networks``).
 
     The teacher is the run's EMA teacher, or the network itself for a supervised run (the
     pre-trained teacher of guided distillation).
     """
     figures, pseudo_label = config["figures"], config["train"]["pseudo_label"]
-    student, state = load_network(checkpoint, "student", config["model"])
-    networks = {"student": student}
-    teacher, teacher_name = student, "supervised network as teacher"
-    if state.get("ema_teacher") is not None:
-        teacher, _ = load_network(checkpoint, "ema_teacher", config["model"])
-        networks["EMA teacher"] = teacher
-        teacher_name = "EMA teacher"
+    student = networks["student"]
+    teacher = networks.get("ema_teacher", student)
+    teacher_name = "EMA teacher" if "ema_teacher" in networks else "supervised network as teacher"
+    networks = {"EMA teacher" if name == "ema_teacher" else name: network for name, network in networks.items()}
     label = f"{state['method']}, step {state['step']}"
 
     val = CocoSource(files.val_annotations, files.val_images)

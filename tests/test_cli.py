@@ -25,7 +25,7 @@ def _run(capsys, *argv) -> tuple[int, str]:
 def test_every_subcommand_has_help():
     parser = build_parser()
     subcommands = parser._subparsers._group_actions[0].choices
-    assert set(subcommands) == {"check-config", "check-dataset", "synthesize", "prepare-dataset", "split", "train",
+    assert set(subcommands) == {"check-config", "check-dataset", "pretrain", "synthesize", "prepare-dataset", "split", "train",
                                 "evaluate", "table", "plot", "curves", "gallery", "visualize", "dvc"}
     for name, sub in subcommands.items():
         assert sub.format_help().startswith(f"usage: gdis {name}")
@@ -110,7 +110,7 @@ def test_bad_label_percent_is_rejected(capsys, micro_config_file, tmp_path):
 @pytest.mark.slow
 def test_commands_read_only_the_files_they_are_given(capsys, micro_config_file, micro_dataset, tmp_path):
     """The rules hand every file to the command: with the config's dataset paths pointing nowhere, split, train,
-    evaluate and gallery still work on the files they are given."""
+    evaluate (with its galleries) and gallery still work on the files they are given."""
     config = yaml.safe_load(micro_config_file.read_text())
     nowhere = tmp_path / "no_such_folder"
     config["dataset"].update({key: str(nowhere / key) for key in config["dataset"] if key != "name" and key != "source"})
@@ -128,15 +128,27 @@ def test_commands_read_only_the_files_they_are_given(capsys, micro_config_file, 
         assert code == 0, err
     guided = tmp_path / "guided_distillation"
     code, err = _run(capsys, "evaluate", "--config", str(path), "--checkpoint", str(guided / "model_final.pt"),
-                     "--run-record", str(guided / "run.json"), "--model", "ema_teacher",
+                     "--run-record", str(guided / "run.json"),
                      "--annotations", str(micro_dataset / "annotations" / "val.json"),
-                     "--images", str(micro_dataset / "val"), "--predictions", str(out / "predictions.json"),
-                     "--metrics", str(out / "metrics.json"))
+                     "--images", str(micro_dataset / "val"), "--predictions-dir", str(out / "predictions"),
+                     "--metrics", str(out / "metrics.json"), "--val-gallery", str(out / "val.png"),
+                     "--unlabeled-gallery", str(out / "unlabeled.png"), "--labeled", str(split / "labeled.json"),
+                     "--unlabeled", str(split / "unlabeled.json"),
+                     "--train-annotations", str(micro_dataset / "annotations" / "train.json"),
+                     "--train-images", str(micro_dataset / "train"))
     assert code == 0, err
-    row = json.loads((out / "metrics.json").read_text())
-    assert (row["method"], row["model"], row["label_percent"]) == ("guided_distillation", "ema_teacher", 25.0)
+    rows = json.loads((out / "metrics.json").read_text())
+    assert set(rows) == {"student", "ema_teacher"}
+    assert (rows["ema_teacher"]["method"], rows["ema_teacher"]["label_percent"]) == ("guided_distillation", 25.0)
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["ema_teacher.json", "student.json"]
     code, err = _run(capsys, "gallery", "--config", str(path), "--checkpoint", str(guided / "model_final.pt"),
-                     *gallery_file_args(split, micro_dataset), "--val-out", str(out / "val.png"),
-                     "--unlabeled-out", str(out / "unlabeled.png"))
+                     *gallery_file_args(split, micro_dataset), "--val-out", str(out / "val_again.png"),
+                     "--unlabeled-out", str(out / "unlabeled_again.png"))
     assert code == 0, err
-    assert (out / "val.png").read_bytes().startswith(b"\x89PNG") and not nowhere.exists()
+    assert (out / "val.png").read_bytes() == (out / "val_again.png").read_bytes()
+    assert (out / "unlabeled.png").read_bytes() == (out / "unlabeled_again.png").read_bytes() and not nowhere.exists()
+    code, err = _run(capsys, "evaluate", "--config", str(path), "--checkpoint", str(guided / "model_final.pt"),
+                     "--run-record", str(guided / "run.json"), "--annotations", str(micro_dataset / "annotations" / "val.json"),
+                     "--images", str(micro_dataset / "val"), "--predictions-dir", str(out / "p2"),
+                     "--metrics", str(out / "m2.json"), "--val-gallery", str(out / "v2.png"))
+    assert code == 1 and "the galleries need --unlabeled-gallery, --labeled" in err

@@ -76,20 +76,21 @@ def test_stages_run_the_workflow_commands_with_the_keys_they_read(monkeypatch):
     assert {"synthesize", "split", "train_supervised", "train_distillation", "evaluate", "table", "plot",
             "training_curves"} <= set(by_rule)
     network = "config/networks/mask_rcnn_tiny.yaml"
-    assert by_rule["split"][0]["params"] == [{"config/config.yaml": ["splits.seed", "splits.unlabeled"]}]
-    assert by_rule["train_supervised"][0]["params"] == [
+    assert stages["split-micro-25-1"]["params"] == [{"config/config.yaml": ["splits.seed", "splits.unlabeled"]}]
+    assert stages["train_supervised-micro-mask_rcnn_tiny-25-1"]["params"] == [
         {"config/config.yaml": ["model", "train"]}, {network: ["model"]}, {MICRO: ["model", "train"]}]
-    assert by_rule["evaluate"][0]["params"] == [
-        {"config/config.yaml": ["model", "evaluate"]}, {network: ["model"]}, {MICRO: ["model", "evaluate"]}]
-    assert "params" not in by_rule["table"][0]  # reads no config, only the metrics files it is given
-    evaluate = stages["evaluate-micro-mask_rcnn_tiny-guided_distillation-25-1-ema_teacher"]
+    assert stages["evaluate-micro-mask_rcnn_tiny-supervised-25-1"]["params"] == [
+        {"config/config.yaml": ["model", "evaluate", "train.pseudo_label"]}, {network: ["model"]},
+        {MICRO: ["model", "evaluate", "train.pseudo_label"]}]
+    assert "params" not in stages["table-micro"]  # reads no config, only the metrics files it is given
+    evaluate = stages["evaluate-micro-mask_rcnn_tiny-guided_distillation-25-1"]
     assert evaluate["cmd"][1].startswith(f"gdis evaluate --config config/config.yaml {network} {MICRO} --checkpoint ")
     run = "results/models/micro/mask_rcnn_tiny"
     assert f"{run}/guided_distillation/25pct/fold1/model_final.pt" in evaluate["deps"]
     assert evaluate["metrics"] == [
-        {"results/eval/micro/mask_rcnn_tiny/guided_distillation/25pct/fold1/ema_teacher.json": {"cache": False}}]
-    assert evaluate["outs"] == ["results/eval/micro/mask_rcnn_tiny/guided_distillation/25pct/fold1/"
-                                "ema_teacher_predictions.json"]
+        {"results/eval/micro/mask_rcnn_tiny/guided_distillation/25pct/fold1/metrics.json": {"cache": False}}]
+    assert evaluate["outs"] == ["results/eval/micro/mask_rcnn_tiny/guided_distillation/25pct/fold1/predictions"] + [
+        f"results/figures/micro/mask_rcnn_tiny/guided_distillation/25pct/fold1/{name}.png" for name in ("val", "unlabeled")]
     train = stages["train_distillation-micro-mask_rcnn_tiny-guided_distillation-25-1"]
     assert f"{run}/supervised/25pct/fold1/model_final.pt" in train["deps"]
     assert f"{run}/guided_distillation/25pct/fold1/model_final.pt" in train["outs"]

@@ -144,10 +144,10 @@ def test_dry_run_plans_the_paper_table_without_the_data(workflow_copy, dataset, 
         prepare, "split", "train_supervised", "train_distillation", "evaluate", "table"))
     n = len(percents)
     assert counts == {prepare: "1", "split": str(n), "train_supervised": str(n),
-                      "train_distillation": str(2 * n), "evaluate": str(5 * n), "table": "1"}
+                      "train_distillation": str(2 * n), "evaluate": str(3 * n), "table": "1"}
     for percent in percents:
         assert f"results/splits/{dataset}/{percent}pct/fold1/manifest.json" in out
-        assert f"results/eval/{dataset}/mask_rcnn_r50/guided_distillation/{percent}pct/fold1/ema_teacher.json" in out
+        assert f"results/eval/{dataset}/mask2former_r50/guided_distillation/{percent}pct/fold1/metrics.json" in out
     explicit = _dry_run(workflow_copy, f"results/plots/{dataset}.png", "--configfile", f"config/datasets/{dataset}.yaml")
     assert "plot" in explicit and prepare in explicit
 
@@ -157,7 +157,8 @@ def test_one_dry_run_plans_every_dataset(workflow_copy):
     """The dataset is a wildcard of the target: one invocation plans the paper tables and the demo's."""
     out = _dry_run(workflow_copy, "-p", "results/tables/coco.csv", "results/tables/cityscapes.csv",
                    "results/tables/shapes.csv")
-    for dataset, network in (("coco", "mask_rcnn_r50"), ("cityscapes", "mask_rcnn_r50"), ("shapes", "mask_rcnn_tiny")):
+    for dataset, network in (("coco", "mask2former_r50"), ("cityscapes", "mask2former_r50"),
+                             ("shapes", "mask_rcnn_tiny"), ("shapes", "mask2former_tiny")):
         assert f"results/eval/{dataset}/{network}/supervised/" in out
-    assert "gdis train --config config/config.yaml config/datasets/coco.yaml config/networks/mask_rcnn_r50.yaml " in out
+    assert "gdis train --config config/config.yaml config/datasets/coco.yaml config/networks/mask2former_r50.yaml " in out
     assert "gdis train --config config/config.yaml config/networks/mask_rcnn_tiny.yaml " in out

@@ -30,7 +30,7 @@ def write_metrics(directory, records) -> list:
     for index, record in enumerate(records):
         path = directory / "eval" / f"{index}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record), encoding="utf-8")
+        path.write_text(json.dumps({record.get("model", "student"): record}), encoding="utf-8")
         paths.append(path)
     return paths
 

@@ -34,8 +34,8 @@ def test_dry_run_plans_the_default_demo(workflow_copy):
     result = _snakemake(workflow_copy, "-n", "--cores", "2")
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
-    for rule in ("synthesize", "split", "train_supervised", "train_distillation", "evaluate", "table", "plot",
-                 "training_curves", "gallery"):
+    for rule in ("pretrain", "synthesize", "split", "train_supervised", "train_distillation", "evaluate", "table",
+                 "plot", "training_curves"):
         assert rule in out
 
 
@@ -55,12 +55,11 @@ def test_micro_pipeline_end_to_end(micro_workflow_run):
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(workflow_copy / "results" / "tables" / "micro.csv")
     assert list(table.columns) == CSV_COLUMNS
-    rows = set(zip(table["method"], table["label_percent"], table["model"]))
-    assert rows == {
+    rows = set(zip(table["arch"], table["method"], table["label_percent"], table["model"]))
+    assert rows == {(arch, *row) for arch in ("mask_rcnn", "mask2former") for row in [  # the demo's two networks
         ("supervised", 25, "student"), ("supervised", 100, "student"),
         ("standard_burnin", 25, "student"), ("standard_burnin", 25, "ema_teacher"),
-        ("guided_distillation", 25, "student"), ("guided_distillation", 25, "ema_teacher"),
-    }
+        ("guided_distillation", 25, "student"), ("guided_distillation", 25, "ema_teacher")]}
     for name in ("micro.md",):
         assert (workflow_copy / "results" / "tables" / name).read_text().startswith("## micro")
     for name in ("micro.png", "micro_training.png"):

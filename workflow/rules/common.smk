@@ -99,23 +99,13 @@ def runs(dataset):
     return [(network, *run) for network in config["networks"] for run in planned]
 
 
-def evaluated_networks(dataset):
-    """(network, method, percent, fold, model): the student of every run, and the EMA teacher of distillation runs."""
-    for network, method, percent, fold in runs(dataset):
-        yield network, method, percent, fold, "student"
-        if METHODS[method].distills:
-            yield network, method, percent, fold, "ema_teacher"
-
-
-def run_path(template, dataset, network, method, percent, fold, **more):
-    return template.format(dataset=dataset, network=network, method=method, percent=percent, fold=fold, **more)
+def run_path(template, dataset, network, method, percent, fold):
+    return template.format(dataset=dataset, network=network, method=method, percent=percent, fold=fold)
 
 
 def metrics_files(wildcards):
-    return [
-        run_path(f"{EVAL_DIR}/{model}.json", wildcards.dataset, network, method, percent, fold)
-        for network, method, percent, fold, model in evaluated_networks(wildcards.dataset)
-    ]
+    """The metrics file of every run of the dataset (one table row per evaluated network)."""
+    return [run_path(f"{EVAL_DIR}/metrics.json", wildcards.dataset, *run) for run in runs(wildcards.dataset)]
 
 
 def gallery_files(dataset):
