@@ -114,6 +114,7 @@ def _worker_args(micro_config_file, micro_dataset, tmp_path, preset: str | None 
         overlay = yaml.safe_load((REPO / "config" / "networks" / preset).read_text())
         for section, values in overlay.items():
             config[section] = {**config.get(section, {}), **values}
+        config["model"]["backbone_weights"] = None  # random weights: the preset's pre-trained file is not made here
     config["train"]["augment"] = {"flip_probability": 0.0, "color_jitter_probability": 0.0,
                                   "grayscale_probability": 0.0, "blur_probability": 0.0}
     config_file = tmp_path / "config.yaml"

@@ -101,7 +101,7 @@ def test_the_weights_file_loads_every_tiny_body_tensor(tmp_path, architecture):
 
     preset = {}
     if architecture == "mask2former":
-        preset = read_yaml(REPO / "config" / "presets" / "mask2former_tiny_cpu.yaml")
+        preset = read_yaml(REPO / "config" / "networks" / "mask2former_tiny.yaml")
     model_config = validate_config(deep_merge(deep_merge(BASE, preset), {
         "model": {"min_size": [64], "test_size": 64, "backbone_weights": str(out)}}))["model"]
     torch.manual_seed(123)  # a fresh model: its random initialisation differs from the file

@@ -72,7 +72,7 @@ def test_report_renders_offline_with_every_figure(micro_workflow_run, tmp_path):
 
     results = embedded_results(report)
     galleries = sorted(str(p.relative_to(workdir)) for p in (workdir / "results" / "figures").rglob("*.png"))
-    assert len(galleries) == 8  # 4 runs x (val, unlabelled)
+    assert len(galleries) == 16  # 2 networks x 4 runs x (val, unlabelled)
     expected = ["results/tables/micro.html", "results/plots/micro.png", "results/plots/micro_training.png", *galleries]
     assert sorted(results) == sorted(expected)
     for path, entry in results.items():
@@ -82,10 +82,10 @@ def test_report_renders_offline_with_every_figure(micro_workflow_run, tmp_path):
     assert "precision and recall against the hidden labels" in results["results/plots/micro_training.png"]["caption"]
 
     curves = pd.read_csv(workdir / "results" / "plots" / "micro_training.csv")
-    supervised = curves["run"].str.startswith("supervised")
+    supervised = curves["run"].str.contains(" supervised ")  # "<network> <method> <percent>% fold <fold>"
     assert curves.loc[~supervised, "pseudo_label_recall"].notna().any()  # measured against the hidden labels
     assert curves.loc[supervised, "pseudo_label_recall"].isna().all()
-    assert len([p for p in (workdir / "results" / "tensorboard" / "micro").iterdir() if p.is_dir()]) == 4
+    assert len([p for p in (workdir / "results" / "tensorboard" / "micro").iterdir() if p.is_dir()]) == 8
 
     landing = tmp_path / "landing.png"
     chromium(report_path, tmp_path, f"--screenshot={landing}")
