@@ -18,6 +18,8 @@ from gdis import distill, distributed, pseudo_quality
 from gdis.augment import LabeledViews, UnlabeledViews
 from gdis.coco import category_ids, load_coco
 from gdis.data import CocoInstances
+from gdis.evaluate import ValidationSet
+from gdis.io import read_json
 from gdis.models import build_model
 from gdis.optim import build_optimizer, build_scheduler
 
@@ -35,6 +37,9 @@ class RunFiles:
     teacher: str | Path | None = None  # guided_distillation: the supervised run's model_final.pt
     burn_in_checkpoint: str | Path | None = None  # standard_burnin: the supervised run's burn_in.pt
     backbone_weights: str | Path | None = None  # a weights file, instead of the config's model.backbone_weights
+    val_annotations: str | Path | None = None  # the val set, evaluated every train.eval_period steps
+    val_images: str | Path | None = None
+    val_check: str | Path | None = None  # the val set's dataset check report (what it leaves out)
 
 
 @dataclass
@@ -51,6 +56,7 @@ class RunParts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     hidden_truth: pseudo_quality.HiddenGroundTruth | None
+    validation: ValidationSet | None  # evaluated every train.eval_period steps (None: never)
     files: RunFiles
 
 
@@ -100,9 +106,16 @@ def build_run(config: dict, method: str, files: RunFiles, world: distributed.Wor
     hidden_truth = None
     if entry.distills and files.hidden_annotations and train["pseudo_label"]["quality_interval"]:
         hidden_truth = pseudo_quality.HiddenGroundTruth(files.hidden_annotations, categories)
+    validation = None
+    if train["eval_period"]:
+        if not (files.val_annotations and files.val_images):
+            raise ValueError(f"train.eval_period is {train['eval_period']}: give the val set too (--val-annotations, "
+                             "--val-images)")
+        check = read_json(files.val_check, "dataset check report") if files.val_check else None
+        validation = ValidationSet(files.val_annotations, files.val_images, check)
     optimizer = build_optimizer(student, train)
     return RunParts(
         method=method, category_ids=categories, labeled_coco=labeled_coco, labeled=labeled_views,
         unlabeled=unlabeled_views, student=student, teacher=teacher, optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, train), hidden_truth=hidden_truth, files=files,
+        scheduler=build_scheduler(optimizer, train), hidden_truth=hidden_truth, validation=validation, files=files,
     )

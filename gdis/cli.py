@@ -91,7 +91,8 @@ def cmd_train(args) -> None:
 
     files = RunFiles(labeled=args.labeled, unlabeled=args.unlabeled, images=args.images,
                      hidden_annotations=args.hidden_annotations, teacher=args.teacher,
-                     burn_in_checkpoint=args.burn_in_checkpoint, backbone_weights=args.backbone_weights)
+                     burn_in_checkpoint=args.burn_in_checkpoint, backbone_weights=args.backbone_weights,
+                     val_annotations=args.val_annotations, val_images=args.val_images, val_check=args.val_check)
     train_run(load_config(args.config), args.method, files, args.out_dir, args.manifest,
               {"label_percent": args.label_percent, "fold": args.fold})
 
@@ -281,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="standard_burnin: continue from this burn_in.pt of the supervised run of the same split "
                           "instead of repeating its first burn_in steps")
     sub.add_argument("--backbone-weights", help="a backbone weights file (default: model.backbone_weights)")
+    sub.add_argument("--val-annotations", help="the val set's annotations, evaluated every train.eval_period steps")
+    sub.add_argument("--val-images", help="the val images folder")
+    sub.add_argument("--val-check", help="report of 'gdis check-dataset' on the val set: leaves out what it excludes")
     sub.add_argument("--out-dir", required=True, help="writes model_final.pt, train_log.jsonl and run.json here")
     sub.set_defaults(func=cmd_train)
 

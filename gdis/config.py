@@ -157,6 +157,9 @@ def _training_problems(config: dict) -> list[str]:
     if train["warmup_iterations"] > train["iterations"]:
         problems.append(f"train.warmup_iterations: {train['warmup_iterations']} is beyond train.iterations "
                         f"({train['iterations']}): the learning rate would never reach train.lr")
+    if train["eval_period"] % train["log_period"]:
+        problems.append(f"train.eval_period: {train['eval_period']} is not a multiple of train.log_period "
+                        f"({train['log_period']}): evaluations are logged with the losses")
     if train["lr_steps"] != sorted(set(train["lr_steps"])):
         problems.append(f"train.lr_steps: {train['lr_steps']} must be strictly increasing")
     augment = train["augment"]

@@ -91,8 +91,12 @@ def coco_metrics(annotations: str | Path | dict, results_path: str | Path, evalu
 
     Mask APs/APm/APl sort detections by mask area, box APs/APm/APl by box area (``results_for_pass``).
     """
+    return coco_metrics_of(annotations, read_json(results_path, "predictions file"), evaluator)
+
+
+def coco_metrics_of(annotations: str | Path | dict, results: list[dict], evaluator: str = "faster_coco_eval") -> dict:
+    """``coco_metrics`` of COCO result entries in memory."""
     coco_class, eval_class, eval_options = _coco_api(evaluator)
-    results = read_json(results_path, "predictions file")
     with contextlib.redirect_stdout(sys.stderr):
         if isinstance(annotations, dict) and coco_class is COCO:  # pycocotools' COCO reads files only
             ground_truth = COCO()
@@ -177,3 +181,17 @@ def _cityscapes_metrics(predictions: Path, annotations_path: str | Path, dataset
     images = usable_coco(annotations_path, dataset_check)["images"]
     with tempfile.TemporaryDirectory(prefix="cityscapes-eval-") as work_dir:
         return cityscapes_metrics(read_json(predictions, "predictions file"), images, ground_truth, work_dir)
+
+
+class ValidationSet:
+    """The val set, loaded once, for evaluating networks during training (``train.eval_period``)."""
+
+    def __init__(self, annotations_path: str | Path, images_dir: str | Path, dataset_check: dict | None = None) -> None:
+        self.coco = usable_coco(annotations_path, dataset_check)
+        self.images_dir = images_dir
+
+    def metrics(self, model, category_ids: list[int], batch_size: int, evaluator: str) -> dict:
+        """Mask and box AP of ``model`` on the val set; nothing is written."""
+        with torch.inference_mode():
+            results = predict_dataset(model, self.coco, self.images_dir, category_ids, batch_size)
+        return coco_metrics_of(self.coco, results, evaluator)

@@ -45,9 +45,11 @@ CURVE_PANELS = [("total loss", ["loss"], None), ("supervised loss", ["loss_super
                 ("pseudo-labels per image", ["pseudo_labels_per_image"], None),
                 ("pseudo-label quality (hidden labels)", ["pseudo_label_precision", "pseudo_label_recall",
                                                           "pseudo_label_mask_iou", "pseudo_label_boundary_iou"], (0, 1)),
+                ("val mask AP75 (train.eval_period)", ["val_student_mask_AP75", "val_teacher_mask_AP75"], None),
                 ("learning rate", ["lr"], None)]
 CURVE_COLUMNS = [column for _, columns, _ in CURVE_PANELS for column in columns]
-CURVE_LABELS = {"pseudo_label_precision": "precision", "pseudo_label_recall": "recall",
+CURVE_LABELS = {"val_student_mask_AP75": "student", "val_teacher_mask_AP75": "teacher giving the pseudo-labels",
+                "pseudo_label_precision": "precision", "pseudo_label_recall": "recall",
                 "pseudo_label_mask_iou": "mask IoU of matched", "pseudo_label_boundary_iou": "boundary IoU of matched"}
 # Dotted lines mark the switch to distillation, so the fourth series is a line of dots of its own kind.
 CURVE_STYLES = [{"linestyle": "-"}, {"linestyle": "--"}, {"linestyle": "-."},

@@ -301,7 +301,9 @@ class Trainer:
             if self.iteration % train["log_period"] == 0 or self.iteration == train["iterations"]:
                 now = time.perf_counter()
                 record.update(step=self.iteration, phase=phase_name, seconds_per_step=(now - window_start) / window_steps)
-                window_start, window_steps = now, 0
+                record.update(self._validation_record())
+                window_start = time.perf_counter()  # evaluation time does not count as training time
+                window_steps = 0
                 self.log_records.append(record)
                 progress.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", refresh=False)
             if self.iteration % train["checkpoint_period"] == 0 and self.iteration < train["iterations"]:
@@ -311,6 +313,22 @@ class Trainer:
             if self.iteration < train["iterations"] and distributed.any_rank(preemption["signal"] is not None,
                                                                              self.world):
                 self._stop_for_preemption(preemption["signal"])
+
+    def _validation_record(self) -> dict:
+        """Every ``train.eval_period`` steps (and at the last): val mask AP and AP75 of the student and of the
+        teacher giving pseudo-labels now, as ``val_<network>_mask_AP``, ``val_<network>_mask_AP75``."""
+        period, validation = self.train["eval_period"], self.parts.validation
+        if validation is None or not (self.iteration % period == 0 or self.iteration == self.train["iterations"]):
+            return {}
+        networks = {"student": self.student}
+        if distill.teacher_phase(self.method, self.iteration, self.train["burn_in"]) is not None:
+            networks["teacher"] = self.teacher
+        record = {}
+        for name, network in networks.items():
+            metrics = validation.metrics(network, self.parts.category_ids, self.config["evaluate"]["batch_size"],
+                                         self.config["evaluate"]["evaluator"])
+            record.update({f"val_{name}_{key}": metrics[key] for key in ("mask_AP", "mask_AP75")})
+        return record
 
     def _burn_in_save_step(self) -> int:
         """The step of a supervised run's burn_in.pt: train.burn_in, or the last step when training stops before."""

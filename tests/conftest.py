@@ -54,15 +54,14 @@ def micro_config(micro_config_file) -> dict:
     return load_config([micro_config_file])
 
 
-def split_trainer(config: dict, method: str, split_dir: Path, images: Path, out_dir: Path, teacher=None,
-                  burn_in_checkpoint=None, hidden_annotations=None, world=None):
-    """A Trainer of one run on a split folder written by ``write_split`` (labeled.json, unlabeled.json)."""
+def split_trainer(config: dict, method: str, split_dir: Path, images: Path, out_dir: Path, world=None, **files):
+    """A Trainer of one run on a split folder written by ``write_split`` (labeled.json, unlabeled.json); ``files``
+    are the other fields of RunFiles (teacher, burn_in_checkpoint, hidden_annotations, val_annotations, ...)."""
     from gdis.builder import RunFiles
     from gdis.trainer import Trainer
 
     files = RunFiles(labeled=Path(split_dir) / "labeled.json", unlabeled=Path(split_dir) / "unlabeled.json",
-                     images=images, hidden_annotations=hidden_annotations, teacher=teacher,
-                     burn_in_checkpoint=burn_in_checkpoint)
+                     images=images, **files)
     return Trainer.from_files(config, method, files, out_dir, world, run_info={"label_percent": 25.0, "fold": 1})
 
 

@@ -154,3 +154,20 @@ def test_burn_in_checkpoint_must_match_the_training_config(micro_config, split_d
                        burn_in_checkpoint=supervised_checkpoint.parent / "burn_in.pt")
     with pytest.raises(ValueError, match=r"burn_in\.pt is not the step-2 checkpoint of a supervised run"):
         trainer.run()
+
+
+def test_student_and_teacher_are_evaluated_every_eval_period(micro_config, split_dir, micro_dataset,
+                                                             supervised_checkpoint, tmp_path):
+    """train.eval_period: val mask AP of the student, and of the teacher giving the pseudo-labels, in the log."""
+    micro_config["train"].update(eval_period=2, log_period=1)
+    trainer = split_trainer(micro_config, "guided_distillation", split_dir, micro_dataset / "train", tmp_path / "gd",
+                            teacher=supervised_checkpoint, val_annotations=micro_dataset / "annotations" / "val.json",
+                            val_images=micro_dataset / "val")
+    trainer.run()
+    records = {record["step"]: record for record in trainer.log_records}
+    evaluated = sorted(step for step, record in records.items() if "val_student_mask_AP75" in record)
+    assert evaluated == [2, 4]
+    assert all(0 <= records[step][f"val_{network}_{metric}"] <= 100 for step in evaluated
+               for network in ("student", "teacher") for metric in ("mask_AP", "mask_AP75"))
+    with pytest.raises(ValueError, match="train.eval_period is 2: give the val set too"):
+        split_trainer(micro_config, "supervised", split_dir, micro_dataset / "train", tmp_path / "x")

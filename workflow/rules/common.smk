@@ -157,7 +157,9 @@ def train_inputs(wildcards):
         "unlabeled": f"{SPLIT_DIR}/unlabeled.json".format(**wildcards),
         "manifest": f"{SPLIT_DIR}/manifest.json".format(**wildcards),
         "images": dataset_paths(plan(wildcards))["train_images"],
-        "val_check": f"{CHECK_DIR}/val.json".format(**wildcards),  # only ordering: a broken val set stops the run first
+        "val_check": f"{CHECK_DIR}/val.json".format(**wildcards),  # also: a broken val set stops the run first
+        "val_annotations": dataset_paths(plan(wildcards))["val_annotations"],
+        "val_images": dataset_paths(plan(wildcards))["val_images"],
         "backbone_weights": backbone_weights_file(wildcards),
     }
     supervised_run = SUPERVISED_RUN_DIR.format(**wildcards)

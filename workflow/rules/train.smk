@@ -13,7 +13,7 @@ rule train_supervised:
     params:
         config=config_args,
         config_params=config_params("model", "train"),
-        files=file_options("backbone_weights"),
+        files=file_options("backbone_weights", "val_annotations", "val_images", "val_check"),
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         launcher=train_launcher,
     log:
@@ -38,7 +38,8 @@ rule train_distillation:
     params:
         config=config_args,
         config_params=config_params("model", "train"),
-        files=file_options("backbone_weights", "hidden_annotations", "teacher", "burn_in_checkpoint"),
+        files=file_options("backbone_weights", "hidden_annotations", "teacher", "burn_in_checkpoint", "val_annotations",
+                           "val_images", "val_check"),
         out_dir=lambda wildcards, output: os.path.dirname(output.checkpoint),
         launcher=train_launcher,
     log:
