@@ -1,4 +1,4 @@
-"""Seconds per training iteration of Mask2Former, supervised and guided, measured with the real engine.
+"""Seconds per training iteration of Mask2Former, supervised and guided, measured with the real trainer.
 
 Generates a small copy of the built-in dataset, draws a split, trains a supervised run (also the
 teacher), then a guided-distillation run whose every step pseudo-labels an unlabelled batch with that

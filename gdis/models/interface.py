@@ -1,8 +1,8 @@
-"""The architecture interface the distillation engine, the evaluation and the galleries rely on.
+"""The architecture interface the trainer, the evaluation and the galleries rely on.
 
 Both ``MaskRCNNSegmenter`` and ``Mask2FormerSegmenter`` implement it (``isinstance(model, Segmenter)``
 holds for them). ``grouped_losses`` (one shared backbone forward for several batches) is optional:
-the engine looks for it with ``hasattr``.
+the trainer looks for it with ``hasattr``.
 
 This module imports no torch at run time, so ``gdis.models`` stays cheap to import (``gdis.config``
 reads the registry of architectures from it).
