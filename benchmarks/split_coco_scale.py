@@ -69,8 +69,9 @@ def main() -> None:
                         "train_annotations": str(annotations), "val_images": str(args.work_dir),
                         "val_annotations": str(annotations)},
             "splits": {"protocol": protocol}}))
-        command = [sys.executable, "-m", "gdis.cli", "split", "--config", str(config), "--label-percent",
-                   str(args.percent), "--fold", str(args.fold), "--out-dir", str(args.work_dir / protocol)]
+        command = [sys.executable, "-m", "gdis.cli", "split", "--config", str(config), "--annotations", str(annotations),
+                   "--images", str(args.work_dir), "--label-percent", str(args.percent), "--fold", str(args.fold),
+                   "--out-dir", str(args.work_dir / protocol)]
         started = time.perf_counter()
         child = subprocess.Popen(command)
         _, status, usage = os.wait4(child.pid, 0)  # this child's own peak resident memory

@@ -179,6 +179,8 @@ def test_plan_validates_with_the_references_schedule(monkeypatch):
     train = config["train"]
     assert (train["iterations"], train["lr_schedule"], train["warmup_iterations"]) == (160000, "poly", 0)
     assert train["augment"]["color_aug_ssd"] and train["augment"]["blur_sigma"] == [0.1, 2.0]
+    optimiser = ("optimizer", "lr", "weight_decay", "backbone_lr_multiplier", "grad_clip", "precision", "burn_in")
+    assert [train[key] for key in optimiser] == ["adamw", 1e-4, 0.05, 0.1, 0.01, "bf16", 50000]
 
 
 def _archives() -> dict[str, bytes]:
