@@ -17,6 +17,7 @@ Each plan runs in its own process (under ``nice -n 19``), so that its peak resid
 
     python -m benchmarks paper_scale_step                      # all four plans, with the runner's JSON record
     python -m benchmarks.paper_scale_step [--plan coco:mask2former_r50 ...] [--work-dir DIR] [--json FILE]
+    python -m benchmarks.paper_scale_step --breakdown --plan coco:mask2former_r50   # where one view's memory goes
 """
 
 from __future__ import annotations
@@ -283,6 +284,55 @@ def attention_implementation(model) -> str | None:
     return getattr(config, "_attn_implementation", None)
 
 
+# -- where a step's memory goes -----------------------------------------------------------------------------
+def resident_gib() -> float:
+    """This process's resident memory now (Linux: /proc/self/statm), GiB."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def memory_breakdown(dataset: str, network: str, workdir: Path) -> list[tuple[str, float, float]]:
+    """Resident memory (GiB) after each part of the plan's network runs forward on one view of the plan's crop
+    size (random backbone weights, bf16 autocast as the plan), then after the backward pass: (part, RSS, growth).
+
+    What the forward adds is, to a good approximation, what autograd keeps for the backward pass.
+    """
+    import torch
+
+    from gdis.models import build_model
+
+    config = plan_config(dataset, network, workdir / "benchmark.yaml")
+    torch.set_num_threads(config["train"]["threads"])
+    model = build_model({**config["model"], "backbone_weights": None,
+                         "norm": "frozen" if config["model"]["norm"] == "auto" else config["model"]["norm"]},
+                        len(dataset_looks()[dataset].category_ids))
+    geometry = config["train"]["augment"]["geometry"]
+    height, width = geometry["target_size"] if geometry["kind"] == "large_scale_jitter" else geometry["crop_size"]
+    marks = []
+
+    def mark(name: str) -> None:
+        marks.append((name, resident_gib()))
+
+    pixel_level = model.net.model.pixel_level_module
+    parts = {"backbone": pixel_level.encoder, "pixel decoder: deformable-attention encoder": pixel_level.decoder.encoder,
+             "pixel decoder: the rest": pixel_level.decoder, "transformer decoder": model.net.model.transformer_module}
+    for name, module in parts.items():
+        module.register_forward_hook(lambda module, inputs, output, name=name: mark(name))
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8).float()
+    masks = torch.zeros((5, height, width), dtype=torch.uint8)
+    for index in range(5):
+        masks[index, index * height // 8: (index + 3) * height // 8, width // 8: width // 2] = 1
+    target = {"masks": masks, "labels": torch.arange(1, 6)}
+    mark("start")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config["train"]["precision"] == "bf16"):
+        losses = model.losses([image], [target])
+    mark("loss")
+    sum(losses.values()).backward()
+    mark("after backward")
+    return [(name, rss, rss - previous) for (name, rss), (_, previous) in zip(marks, [marks[0]] + marks[:-1])]
+
+
 # -- all plans, each in its own process ---------------------------------------------------------------------
 def mean(values: list[float]) -> float:
     return sum(values) / len(values)
@@ -355,10 +405,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=STEPS, help="steps per method")
     parser.add_argument("--full-activations", action="store_true",
                         help=f"keep every activation of {', '.join(CHECKPOINTED_NETWORKS)} too (needs ~20 GiB more)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead: resident memory after each part of the network's forward, one view (one plan)")
     parser.add_argument("--in-process", action="store_true",
                         help="measure in this process (one plan); default: one niced child process per plan")
     args = parser.parse_args(argv)
     plans = [tuple(plan.split(":", 1)) for plan in args.plan]
+    if args.breakdown:
+        if len(plans) != 1:
+            parser.error("--breakdown measures one plan")
+        with tempfile.TemporaryDirectory(dir=args.work_dir) as scratch:
+            for name, rss, growth in memory_breakdown(*plans[0], Path(scratch)):
+                print(f"{name:45s} {rss:6.2f} GiB  {growth:+6.2f} GiB")
+        return 0
     if args.in_process:
         if len(plans) != 1 or not args.work_dir:
             parser.error("--in-process measures one plan, in --work-dir")

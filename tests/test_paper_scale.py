@@ -94,11 +94,13 @@ def coco_like_dataset(root: Path, num_images: int, seed: int = 0) -> Path:
     return annotations
 
 
-# Only the crop (and the model's matching training size), the run's length and the batch differ from the plan.
+# Only the crop (and the model's matching training size), the run's length (with its schedule's steps) and the
+# batch differ from the plan.
 REDUCED_RUN = {
     "model": {"min_size": [256]},
-    "train": {"iterations": 2, "burn_in": 1, "batch_size": 1, "unlabeled_batch_size": 1, "num_workers": 0,
-              "threads": 2, "augment": {"geometry": {"target_size": [256, 256]}}},
+    "train": {"iterations": 2, "burn_in": 1, "lr_steps": [], "warmup_iterations": 1, "batch_size": 1,
+              "unlabeled_batch_size": 1, "num_workers": 0, "threads": 2,
+              "augment": {"geometry": {"target_size": [256, 256]}}},
 }
 
 
@@ -122,7 +124,8 @@ def test_the_coco_mask2former_r50_plan_trains_guided_distillation_through_gdis_t
     overlay = tmp_path / "reduced.yaml"
     overlay.write_text(yaml.safe_dump(REDUCED_RUN))
     config = [*Plans([], default=DEFAULT).files("coco", "mask2former_r50"), str(overlay)]
-    assert config[1:3] == ["config/datasets/coco.yaml", "config/networks/mask2former_r50.yaml"]
+    assert config[1:3] == [str(REPO / "config" / "datasets" / "coco.yaml"),
+                           str(REPO / "config" / "networks" / "mask2former_r50.yaml")]  # as the train rules pass them
     env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), PYTHONPATH=str(REPO))
 
     teacher_dir, guided_dir = tmp_path / "supervised", tmp_path / "guided"
