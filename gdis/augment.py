@@ -13,7 +13,9 @@ Recipes (``train.augment.geometry.kind``):
   short side chosen from INPUT.MIN_SIZE_TRAIN (512 ... 2048, "choice"), long side at most MAX_SIZE_TRAIN 4096,
   then RandomCrop "absolute" 512 x 1024 (INPUT.CROP; no padding: SIZE_DIVISIBILITY -1), then RandomFlip.
   The instance mapper uses the plain RandomCrop: INPUT.CROP.SINGLE_CATEGORY_MAX_AREA only acts in
-  the semantic mapper. With ``train.augment.color_aug_ssd`` (INPUT.COLOR_AUG_SSD) the view gets SSD's
+  the semantic mapper. With ``pad_to_crop_size`` a view smaller than the crop (an image whose resized side
+  is below it) is padded on the right and bottom with ``pad_value`` to the crop size, as the mapper does
+  when INPUT.SIZE_DIVISIBILITY is the crop's side (Mask2Former's ADE20K instance config: 640). With ``train.augment.color_aug_ssd`` (INPUT.COLOR_AUG_SSD) the view gets SSD's
   photometric distortion, in the weak view, so the student's strong view has it too.
 
 Every view is drawn as one ``Geometry``: flip, resize, crop window, canvas (padding on the right and
@@ -65,6 +67,7 @@ class Recipe:
     max_size: int
     crop_size: tuple[int, int]
     pad_value: int
+    pad_to_crop_size: bool
     color_aug_ssd: bool
 
     @classmethod
@@ -76,7 +79,7 @@ class Recipe:
                    target_size=tuple(geometry["target_size"]), scale_range=tuple(geometry["scale_range"]),
                    short_sides=tuple(geometry["short_sides"]), max_size=geometry["max_size"],
                    crop_size=tuple(geometry["crop_size"]), pad_value=geometry["pad_value"],
-                   color_aug_ssd=augment["color_aug_ssd"])
+                   pad_to_crop_size=geometry["pad_to_crop_size"], color_aug_ssd=augment["color_aug_ssd"])
 
 
 @dataclass(frozen=True)
@@ -135,10 +138,12 @@ def draw_geometry(recipe: Recipe, height: int, width: int, generator: torch.Gene
     if recipe.kind == "short_side_crop":
         short_side = recipe.short_sides[_integer(len(recipe.short_sides), generator)]
         resized = shortest_edge_size(height, width, short_side, recipe.max_size)
-        # RandomCrop "absolute": the crop size, or the image's side where it is smaller; no padding.
+        # RandomCrop "absolute": the crop size, or the image's side where it is smaller; padded to the crop size
+        # when the mapper pads (pad_to_crop_size), otherwise left as it is.
         crop_height, crop_width = min(recipe.crop_size[0], resized[0]), min(recipe.crop_size[1], resized[1])
         top, left = _integer(resized[0] - crop_height + 1, generator), _integer(resized[1] - crop_width + 1, generator)
-        return Geometry(flip, resized, (top, left, crop_height, crop_width), (crop_height, crop_width))
+        canvas = recipe.crop_size if recipe.pad_to_crop_size else (crop_height, crop_width)
+        return Geometry(flip, resized, (top, left, crop_height, crop_width), canvas)
     raise ValueError(f"train.augment.geometry.kind: {recipe.kind!r} is none of {', '.join(GEOMETRIES)}")
 
 

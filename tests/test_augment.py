@@ -148,6 +148,33 @@ def test_short_side_crop_draws_as_resize_shortest_edge_and_random_crop():
     assert np.mean(lefts) == pytest.approx(0.5, abs=0.15)  # offsets uniform, independent of the short side
 
 
+def test_short_side_crops_are_padded_to_the_crop_size_as_the_ade20k_mapper_does():
+    """The ADE20K plan's short sides 320-576 leave a ~512 x 683 image below its 640 x 640 crop: Mask2Former's mapper
+    (INPUT.SIZE_DIVISIBILITY 640) pads the view to 640 x 640 with 128 and the masks with 0; without
+    pad_to_crop_size (Cityscapes) the same draw keeps the view at the image's size."""
+    from gdis.plans import Plans
+    from tests.conftest import REPO
+
+    augment = Plans([], default=str(REPO / "config" / "config.yaml")).config("ade20k", "mask2former_r50")["train"]["augment"]
+    assert augment["geometry"]["pad_to_crop_size"] and augment["geometry"]["crop_size"] == [640, 640]
+    padded = Recipe.from_config(augment)
+    unpadded = Recipe.from_config({**augment, "geometry": {**augment["geometry"], "pad_to_crop_size": False}})
+    image, masks = torch.full((3, 512, 683), 90, dtype=torch.uint8), torch.ones((1, 512, 683), dtype=torch.uint8)
+    small = 0
+    for seed in range(60):
+        geometry = draw_geometry(padded, 512, 683, torch.Generator().manual_seed(seed))
+        plain = draw_geometry(unpadded, 512, 683, torch.Generator().manual_seed(seed))
+        assert geometry.canvas == (640, 640) and (geometry.crop, geometry.resized) == (plain.crop, plain.resized)
+        assert plain.canvas == plain.valid_size == geometry.valid_size
+        height, width = geometry.valid_size
+        view, mask = apply_to_image(image, geometry, padded.pad_value), apply_to_masks(masks, geometry)
+        assert view.shape == (3, 640, 640) and mask.shape == (1, 640, 640)
+        assert (view[:, :height, :width] == 90).all() and (view[:, height:] == 128).all() and (view[:, :, width:] == 128).all()
+        assert mask[0, :height, :width].all() and mask.sum() == height * width
+        small += height < 640
+    assert small > 10  # short sides 320-576: 5 of the 16
+
+
 # -- images, masks, boxes -------------------------------------------------------------------------------
 def test_masks_are_torchvisions_nearest_exact_resize_then_crop():
     masks = (torch.rand(3, 37, 53, generator=torch.Generator().manual_seed(0)) > 0.7).to(torch.uint8)

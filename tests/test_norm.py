@@ -19,6 +19,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from gdis.config import ConfigError, deep_merge, load_config, read_yaml, validate_config
 from gdis.distill import ema_update
 from gdis.models import build_model
+from gdis.models.backbones import DtypeKeepingFrozenBatchNorm2d
 from tests.conftest import REPO, resnet50_in_torch_cache
 
 DATASET = {"dataset": {"name": "x", "source": "synthetic"}}
@@ -89,7 +90,7 @@ def test_mask_rcnn_resnet50_under_imagenet_weights_has_frozen_statistics_and_sta
     model = build_model(deep_merge(MASK_RCNN, {"backbone_weights": "imagenet"}), num_categories=2)
     body = model.net.backbone.body
     norms = _norm_layers(body)
-    assert len(norms) == 53 and all(type(m) is FrozenBatchNorm2d for m in norms)
+    assert len(norms) == 53 and all(type(m) is DtypeKeepingFrozenBatchNorm2d for m in norms)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert torch.equal(body.layer3[1].bn2.running_var, imagenet.layer3[1].bn2.running_var)  # loaded into them
     assert torch.equal(body.bn1.weight, imagenet.bn1.weight)
@@ -106,7 +107,7 @@ def test_mask2former_resnet50_under_imagenet_weights_freezes_statistics_not_stag
     """The reference's Mask2Former: FrozenBN (detectron2's default NORM) and FREEZE_AT 0, every stage trains."""
     model = build_model(deep_merge(MASK2FORMER, {"backbone": "resnet50", "backbone_weights": "imagenet"}), 2)
     body = model.backbone.body
-    assert all(type(m) is FrozenBatchNorm2d for m in _norm_layers(body))
+    assert all(type(m) is DtypeKeepingFrozenBatchNorm2d for m in _norm_layers(body))
     assert torch.equal(body.layer4[2].bn3.running_mean, imagenet.layer4[2].bn3.running_mean)
     _check_frozen_stages(model, body, frozen=())
 
@@ -119,7 +120,7 @@ def test_frozen_stages_freeze_their_batch_norm_too(imagenet):
     body = model.backbone.body
     for name, module in body.named_modules():
         if isinstance(module, (_BatchNorm, FrozenBatchNorm2d)):
-            expected = FrozenBatchNorm2d if _stage(name) in ("conv1", "layer1") else nn.BatchNorm2d
+            expected = DtypeKeepingFrozenBatchNorm2d if _stage(name) in ("conv1", "layer1") else nn.BatchNorm2d
             assert type(module) is expected, name
     assert torch.equal(body.layer1[0].bn1.running_var, imagenet.layer1[0].bn1.running_var)
     assert torch.equal(body.layer2[0].bn1.running_var, imagenet.layer2[0].bn1.running_var)
@@ -139,7 +140,7 @@ def test_sync_gives_sync_batch_norm(imagenet):
     mask_rcnn = build_model(deep_merge(MASK_RCNN, {"backbone_weights": "imagenet", "norm": "sync"}), 2)
     for name, module in mask_rcnn.net.backbone.body.named_modules():
         if isinstance(module, (_BatchNorm, FrozenBatchNorm2d)):
-            expected = FrozenBatchNorm2d if _stage(name) in ("conv1", "layer1") else nn.SyncBatchNorm
+            expected = DtypeKeepingFrozenBatchNorm2d if _stage(name) in ("conv1", "layer1") else nn.SyncBatchNorm
             assert type(module) is expected, name
 
 
@@ -159,6 +160,26 @@ def test_ema_teacher_keeps_the_pretrained_frozen_statistics(imagenet):
         for buffer in ("weight", "bias", "running_mean", "running_var"):
             torch.testing.assert_close(body.state_dict()[f"{name}.{buffer}"], pretrained[f"{name}.{buffer}"])
     assert not torch.equal(body.layer2[0].conv1.weight, before)  # the trained parameters did move
+
+
+def test_frozen_batch_norm_keeps_its_inputs_dtype_as_detectron2s(imagenet):
+    """Under bf16 autocast the frozen-BN ResNet-50 keeps bf16 activations, as detectron2's FrozenBatchNorm2d
+    (torchvision's turns them to float32); in float32 it computes torchvision's values to the bit."""
+    torch.manual_seed(0)
+    torchvision_norm = FrozenBatchNorm2d(8)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(torchvision_norm, name).uniform_(0.5, 2.0)
+    norm = DtypeKeepingFrozenBatchNorm2d(8)
+    norm.load_state_dict(torchvision_norm.state_dict())
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.equal(norm(x), torchvision_norm(x))
+    half = x.bfloat16()
+    assert norm(half).dtype == torch.bfloat16 and torchvision_norm(half).dtype == torch.float32
+    torch.testing.assert_close(norm(half).float(), torchvision_norm(half), rtol=0.02, atol=0.02)
+    backbone = build_model(deep_merge(MASK2FORMER, {"backbone": "resnet50", "backbone_weights": "imagenet"}), 2).backbone
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = backbone(torch.rand(1, 3, 64, 64))
+    assert [f.dtype for f in features] == [torch.bfloat16] * 4
 
 
 @pytest.mark.parametrize("model, message", [

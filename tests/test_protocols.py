@@ -134,31 +134,51 @@ def _dry_run(workflow_copy, *args) -> str:
     return result.stdout + result.stderr
 
 
+PAPER_METHODS = ("supervised", "standard_burnin", "guided_distillation")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset, percents", [("coco", ["0.4", "1", "2", "5", "10"]),
-                                               ("cityscapes", ["5", "10", "20", "30"])])
+                                               ("cityscapes", ["5", "10", "20", "30"]),
+                                               ("ade20k", ["10"])])
 def test_dry_run_plans_the_paper_table_without_the_data(workflow_copy, dataset, percents):
-    out = _dry_run(workflow_copy, f"results/tables/{dataset}.csv")
-    prepare = f"prepare_{'coco2017' if dataset == 'coco' else dataset}"
+    """The table plans Mask2Former R50 runs of the three methods at every label percentage of the plan."""
+    out = _dry_run(workflow_copy, "-p", f"results/tables/{dataset}.csv")
+    prepare = {"coco": "prepare_coco2017"}.get(dataset, f"prepare_{dataset}")
     counts = dict(line.split()[:2] for line in out.splitlines() if line.split()[:1] and line.split()[0] in (
         prepare, "split", "train_supervised", "train_distillation", "evaluate", "table"))
     n = len(percents)
     assert counts == {prepare: "1", "split": str(n), "train_supervised": str(n),
                       "train_distillation": str(2 * n), "evaluate": str(3 * n), "table": "1"}
+    files = f"--config config/config.yaml config/datasets/{dataset}.yaml config/networks/mask2former_r50.yaml "
     for percent in percents:
         assert f"results/splits/{dataset}/{percent}pct/fold1/manifest.json" in out
-        assert f"results/eval/{dataset}/mask2former_r50/guided_distillation/{percent}pct/fold1/metrics.json" in out
+        for method in PAPER_METHODS:
+            assert f"results/eval/{dataset}/mask2former_r50/{method}/{percent}pct/fold1/metrics.json" in out
+            assert f"gdis train {files}--method {method} --label-percent {percent} " in out
     explicit = _dry_run(workflow_copy, f"results/plots/{dataset}.png", "--configfile", f"config/datasets/{dataset}.yaml")
     assert "plot" in explicit and prepare in explicit
+
+
+@pytest.mark.slow
+def test_dry_run_plans_the_dinov2_and_swin_presets(workflow_copy):
+    """A user file listing the paper's other backbones plans their runs beside the R50 ones."""
+    networks = ["mask2former_r50", "mask2former_dinov2_vitl", "mask2former_swin_large", "mask_rcnn_r50"]
+    (workflow_copy / "networks.yaml").write_text(f"networks: [{', '.join(networks)}]\n")
+    out = _dry_run(workflow_copy, "-p", "results/tables/coco.csv", "--configfile", "networks.yaml")
+    for network in networks:
+        assert f"results/eval/coco/{network}/guided_distillation/10pct/fold1/ema_teacher.json" in out
+        assert f"config/datasets/coco.yaml config/networks/{network}.yaml networks.yaml --method supervised " in out
 
 
 @pytest.mark.slow
 def test_one_dry_run_plans_every_dataset(workflow_copy):
     """The dataset is a wildcard of the target: one invocation plans the paper tables and the demo's."""
     out = _dry_run(workflow_copy, "-p", "results/tables/coco.csv", "results/tables/cityscapes.csv",
-                   "results/tables/shapes.csv")
+                   "results/tables/ade20k.csv", "results/tables/shapes.csv")
     for dataset, network in (("coco", "mask2former_r50"), ("cityscapes", "mask2former_r50"),
-                             ("shapes", "mask_rcnn_tiny"), ("shapes", "mask2former_tiny")):
+                             ("ade20k", "mask2former_r50"), ("shapes", "mask_rcnn_tiny"),
+                             ("shapes", "mask2former_tiny")):
         assert f"results/eval/{dataset}/{network}/supervised/" in out
     assert "gdis train --config config/config.yaml config/datasets/coco.yaml config/networks/mask2former_r50.yaml " in out
     assert "gdis train --config config/config.yaml config/networks/mask_rcnn_tiny.yaml " in out
