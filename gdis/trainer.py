@@ -72,6 +72,41 @@ class StudentLosses(torch.nn.Module):
         return [self.student.losses(images, targets) for images, targets in groups]
 
 
+def weighted_unlabeled_loss(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """The unlabelled loss: the sum of its terms, each times its ``train.unlabeled_loss_weights`` entry.
+
+    A deep-supervision sum (``<name>_aux``) takes the weight of ``<name>``; terms not named weigh 1, and a
+    weight of 0 leaves the term out of the sum.
+    """
+    total = 0
+    for name, value in terms.items():
+        weight = weights.get(name.removesuffix("_aux"), 1.0)
+        if weight:
+            total = total + (value if weight == 1 else weight * value)
+    if isinstance(total, int):  # every term left out
+        return next(iter(terms.values())).new_zeros(())
+    return total
+
+
+def check_unlabeled_recipe(student: torch.nn.Module, train: dict) -> None:
+    """A ValueError naming the key when ``train.unlabeled_loss_weights`` or ``train.pseudo_label.mask_target``
+    asks for what ``student``'s architecture does not have."""
+    unknown = sorted(set(train["unlabeled_loss_weights"]) - set(student.loss_terms))
+    if unknown:
+        raise ValueError(f"train.unlabeled_loss_weights: {', '.join(unknown)} is not a loss term of "
+                         f"{type(student).__name__} (its terms: {', '.join(student.loss_terms)})")
+    mask_target = train["pseudo_label"]["mask_target"]
+    if mask_target not in student.mask_targets:
+        raise ValueError(f"train.pseudo_label.mask_target: {mask_target!r} is not made by {type(student).__name__} "
+                         f"(choose from {', '.join(student.mask_targets)})")
+
+
+def binarised(targets: list[dict], mask_threshold: float) -> list[dict]:
+    """Pseudo-labels with float (soft) masks binarised at ``mask_threshold``, e.g. to measure their quality."""
+    return [{**target, "masks": (target["masks"] > mask_threshold).to(torch.uint8)}
+            if target["masks"].is_floating_point() else target for target in targets]
+
+
 def _finite_or_fail(step: int, terms: dict[str, torch.Tensor], world: distributed.World) -> None:
     bad = {name: float(value) for name, value in terms.items() if not torch.isfinite(value)}
     if distributed.any_rank(bool(bad), world):  # every process stops, none waits forever for the others
@@ -99,6 +134,8 @@ class Trainer:
         self.work_dir = self.out_dir / "work"
         self.run_info = run_info or {}
         self.student, self.teacher = parts.student, parts.teacher
+        if self.teacher is not None:
+            check_unlabeled_recipe(self.student, self.train)
         self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
         self.student_losses = distributed.data_parallel(StudentLosses(self.student, self.train["shared_backbone"]),
                                                         self.world)
@@ -187,7 +224,8 @@ class Trainer:
         quality = {}
         measured_every = thresholds["quality_interval"] * self.train["log_period"]
         if self.parts.hidden_truth is not None and (self.iteration + 1) % measured_every == 0:
-            quality = pseudo_quality.measure_views(self.parts.hidden_truth, infos, targets)
+            quality = pseudo_quality.measure_views(self.parts.hidden_truth, infos,
+                                                   binarised(targets, thresholds["mask_threshold"]))
         return targets, per_image, quality
 
     def _view_short_side(self, views: list[torch.Tensor]) -> int | None:
@@ -220,7 +258,7 @@ class Trainer:
         if phase is not None:
             unsupervised = unsupervised_losses[0]
             terms.update({f"loss_unsupervised/{k}": v for k, v in unsupervised.items()})
-            loss_unsupervised = sum(unsupervised.values())
+            loss_unsupervised = weighted_unlabeled_loss(unsupervised, train["unlabeled_loss_weights"])
             loss = loss + train["unlabeled_weight"] * loss_unsupervised
             record.update(loss_unsupervised=loss_unsupervised.item(), pseudo_labels_per_image=per_image, **quality)
         nonfinite = not all(torch.isfinite(value) for value in terms.values())

@@ -11,12 +11,14 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, masks_to_boxes
 
 from gdis.models.weights import load_backbone_state, resolve_torchvision_weights
@@ -107,17 +109,53 @@ def build_resnet50_fpn(num_classes: int, model_config: dict) -> MaskRCNN:
 
 BUILDERS = {"tiny": build_tiny, "resnet50_fpn": build_resnet50_fpn}
 IMAGENET_WEIGHTS = {"resnet50_fpn": ResNet50_Weights.IMAGENET1K_V1}
+LOSS_TERMS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+MASK_TARGETS = ("binary", "soft")  # train.pseudo_label.mask_target values this architecture makes
+
+
+class FloatMaskTransform(GeneralizedRCNNTransform):
+    """torchvision's resize and batching, keeping float target masks (soft pseudo-labels) as floats.
+
+    torchvision resizes target masks with nearest interpolation and casts them to uint8, which would
+    floor probabilities to 0. Float masks are resized bilinearly instead and stay in [0, 1]; the mask
+    loss (roi_align of the targets, then binary cross-entropy) takes float targets as they are.
+    Integer masks go through torchvision's own path unchanged.
+    """
+
+    @classmethod
+    def like(cls, transform: GeneralizedRCNNTransform) -> FloatMaskTransform:
+        return cls(transform.min_size, transform.max_size, transform.image_mean, transform.image_std,
+                   size_divisible=transform.size_divisible, fixed_size=transform.fixed_size,
+                   _skip_resize=transform._skip_resize)
+
+    def resize(self, image: torch.Tensor, target: dict | None = None):
+        if target is None or "masks" not in target or not target["masks"].is_floating_point():
+            return super().resize(image, target)
+        masks = target.pop("masks")  # the forward resizes a copy of each target dict
+        image, target = super().resize(image, target)
+        target["masks"] = resize_float_masks(masks, tuple(image.shape[-2:]))
+        return image, target
+
+
+def resize_float_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, H, W) float masks resized bilinearly to ``size``, values kept in [0, 1]."""
+    if not len(masks):
+        return masks.new_zeros((0, *size))
+    return F.interpolate(masks[:, None], size=size, mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
 
 
 class MaskRCNNSegmenter(nn.Module):
     """Mask R-CNN behind the gdis architecture interface (``gdis.models.interface.Segmenter``)."""
 
     rejection_reasons = ("score", "area")  # see pseudo_label_decisions
+    loss_terms = LOSS_TERMS
+    mask_targets = MASK_TARGETS
 
     def __init__(self, num_classes: int, model_config: dict) -> None:
         super().__init__()
         self.backbone_name = model_config["backbone"]
         self.net = BUILDERS[self.backbone_name](num_classes, model_config)
+        self.net.transform = FloatMaskTransform.like(self.net.transform)
         self.train_sizes = tuple(model_config["min_size"])
         self.test_size = model_config["test_size"]
         self.weights = "random"
@@ -191,8 +229,12 @@ class MaskRCNNSegmenter(nn.Module):
     def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict, short_side: int | None = None) -> list[dict]:
         """Targets for the student from this (teacher) network's detections on ``images`` (train.pseudo_label keys)."""
         score, mask, area = thresholds["score_threshold"], thresholds["mask_threshold"], thresholds["min_area"]
+        mask_target = thresholds.get("mask_target", "binary")
+        if mask_target not in MASK_TARGETS:
+            raise ValueError(f"train.pseudo_label.mask_target: {mask_target!r} is not made by Mask R-CNN "
+                             f"(choose from {', '.join(MASK_TARGETS)})")
         predictions = self.predict(images, score_threshold=score, short_side=short_side)
-        return [filter_pseudo_labels(p, score, mask, area) for p in predictions]
+        return [filter_pseudo_labels(p, score, mask, area, soft=mask_target == "soft") for p in predictions]
 
     def explain_pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
         """Every detection of ``predict`` with its pseudo-label decision (``pseudo_label_decisions``)."""
@@ -204,20 +246,24 @@ class MaskRCNNSegmenter(nn.Module):
         return explained
 
 
-def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int) -> dict:
+def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int,
+                         soft: bool = False) -> dict:
     """Training targets from one image's detections: confident, binarised, large enough.
 
     Keeps detections with score > ``score_threshold``; the mask is probability > ``mask_threshold``;
-    masks under ``min_area`` pixels are dropped; boxes are re-derived from the kept masks.
+    masks under ``min_area`` pixels are dropped; boxes are re-derived from the kept masks. With ``soft``
+    the kept masks are the probabilities themselves (float), the rest unchanged.
     """
     keep = prediction["scores"] > score_threshold
-    binary = prediction["masks"][keep] > mask_threshold
+    probabilities = prediction["masks"][keep]
+    binary = probabilities > mask_threshold
     labels = prediction["labels"][keep]
     large = binary.flatten(1).sum(1) >= max(min_area, 1)
-    binary, labels = binary[large], labels[large]
+    binary, labels, probabilities = binary[large], labels[large], probabilities[large]
     boxes = masks_to_boxes(binary) if len(binary) else torch.zeros((0, 4), device=binary.device)
     boxes[:, 2:] += 1  # pixel indices -> pixel edges, so a one-pixel mask has a positive size
-    return {"boxes": boxes, "labels": labels, "masks": binary.to(torch.uint8)}
+    masks = probabilities.float() if soft else binary.to(torch.uint8)
+    return {"boxes": boxes, "labels": labels, "masks": masks}
 
 
 
