@@ -72,15 +72,15 @@ class StudentLosses(torch.nn.Module):
         return [self.student.losses(images, targets) for images, targets in groups]
 
 
-def weighted_unlabeled_loss(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-    """The unlabelled loss: the sum of its terms, each times its ``train.unlabeled_loss_weights`` entry.
+def weighted_unlabeled_loss(terms: dict[str, torch.Tensor], kinds: dict[str, str],
+                            weights: dict[str, float]) -> torch.Tensor:
+    """The unlabelled loss: the sum of its terms, each times the ``train.unlabeled_loss_weights`` entry of its kind.
 
-    A deep-supervision sum (``<name>_aux``) takes the weight of ``<name>``; terms not named weigh 1, and a
-    weight of 0 leaves the term out of the sum.
+    ``kinds`` maps each term to its kind (the architecture's ``loss_kinds``); a weight of 0 leaves a term out.
     """
     total = 0
     for name, value in terms.items():
-        weight = weights.get(name.removesuffix("_aux"), 1.0)
+        weight = weights.get(kinds[name], 1.0)
         if weight:
             total = total + (value if weight == 1 else weight * value)
     if isinstance(total, int):  # every term left out
@@ -89,12 +89,8 @@ def weighted_unlabeled_loss(terms: dict[str, torch.Tensor], weights: dict[str, f
 
 
 def check_unlabeled_recipe(student: torch.nn.Module, train: dict) -> None:
-    """A ValueError naming the key when ``train.unlabeled_loss_weights`` or ``train.pseudo_label.mask_target``
-    asks for what ``student``'s architecture does not have."""
-    unknown = sorted(set(train["unlabeled_loss_weights"]) - set(student.loss_terms))
-    if unknown:
-        raise ValueError(f"train.unlabeled_loss_weights: {', '.join(unknown)} is not a loss term of "
-                         f"{type(student).__name__} (its terms: {', '.join(student.loss_terms)})")
+    """A ValueError naming the key when ``train.pseudo_label.mask_target`` asks for what ``student``'s
+    architecture does not make."""
     mask_target = train["pseudo_label"]["mask_target"]
     if mask_target not in student.mask_targets:
         raise ValueError(f"train.pseudo_label.mask_target: {mask_target!r} is not made by {type(student).__name__} "
@@ -258,7 +254,8 @@ class Trainer:
         if phase is not None:
             unsupervised = unsupervised_losses[0]
             terms.update({f"loss_unsupervised/{k}": v for k, v in unsupervised.items()})
-            loss_unsupervised = weighted_unlabeled_loss(unsupervised, train["unlabeled_loss_weights"])
+            loss_unsupervised = weighted_unlabeled_loss(unsupervised, self.student.loss_kinds,
+                                                        train["unlabeled_loss_weights"])
             loss = loss + train["unlabeled_weight"] * loss_unsupervised
             record.update(loss_unsupervised=loss_unsupervised.item(), pseudo_labels_per_image=per_image, **quality)
         nonfinite = not all(torch.isfinite(value) for value in terms.values())

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision.models.detection.roi_heads as roi_heads
+from torchvision.models.detection import roi_heads
 
 from gdis.config import ConfigError, deep_merge, read_yaml, validate_config
 from gdis.models import build_model
 from gdis.models.mask2former import Mask2FormerSegmenter, pseudo_label_masks
-from gdis.models.mask_rcnn import FloatMaskTransform, filter_pseudo_labels, resize_float_masks
+from gdis.models.mask_rcnn import (
+    FloatMaskTransform,
+    filter_pseudo_labels,
+    resize_float_masks,
+)
 from gdis.splits import write_split
 from gdis.trainer import binarised, check_unlabeled_recipe, weighted_unlabeled_loss
 from tests.conftest import REPO, split_trainer
@@ -37,12 +41,13 @@ def _square_masks(dtype=torch.uint8) -> torch.Tensor:
 # -- config ------------------------------------------------------------------------------------------
 def test_defaults_are_the_papers_recipe():
     train = MASK_RCNN["train"]
-    assert train["pseudo_label"]["mask_target"] == "binary" and train["unlabeled_loss_weights"] == {}
+    assert train["pseudo_label"]["mask_target"] == "binary"
+    assert train["unlabeled_loss_weights"] == {"class": 1.0, "box": 1.0, "mask": 1.0, "rpn": 1.0}
 
 
 @pytest.mark.parametrize("train, key", [
-    ({"unlabeled_loss_weights": {"mask": 0.5}}, "unlabeled_loss_weights"),
-    ({"unlabeled_loss_weights": {"loss_mask": -1}}, "train.unlabeled_loss_weights.loss_mask"),
+    ({"unlabeled_loss_weights": {"loss_mask": 0.5}}, "train.unlabeled_loss_weights.loss_mask"),
+    ({"unlabeled_loss_weights": {"mask": -1}}, "train.unlabeled_loss_weights.mask"),
     ({"pseudo_label": {"mask_target": "fuzzy"}}, "train.pseudo_label.mask_target"),
 ])
 def test_bad_recipe_values_name_their_key(train, key):
@@ -50,38 +55,47 @@ def test_bad_recipe_values_name_their_key(train, key):
         validate_config(deep_merge(BASE, {"train": train}))
 
 
-def test_recipe_keys_the_architecture_lacks_are_refused():
+def test_a_mask_target_the_architecture_does_not_make_is_refused():
     mask_rcnn = build_model(MASK_RCNN["model"], 2, load_weights=False)
-    train = deep_merge(MASK_RCNN["train"], {"unlabeled_loss_weights": {"loss_dice": 0.5}})
-    with pytest.raises(ValueError, match=r"train\.unlabeled_loss_weights: loss_dice .*loss_mask"):
-        check_unlabeled_recipe(mask_rcnn, train)
     train = deep_merge(MASK_RCNN["train"], {"pseudo_label": {"mask_target": "coarse_binary"}})
     with pytest.raises(ValueError, match=r"train\.pseudo_label\.mask_target: 'coarse_binary'"):
         check_unlabeled_recipe(mask_rcnn, train)
     mask2former = build_model(MASK2FORMER["model"], 2, load_weights=False)
-    check_unlabeled_recipe(mask2former, deep_merge(MASK2FORMER["train"], {
-        "unlabeled_loss_weights": {"loss_dice": 0.5}, "pseudo_label": {"mask_target": "coarse_binary"}}))
+    check_unlabeled_recipe(mask2former, train)
 
 
-# -- per-term weights ----------------------------------------------------------------------------------
-def test_no_weights_give_the_plain_sum_exactly():
-    terms = {name: torch.rand((), dtype=torch.float64) for name in ("loss_a", "loss_mask", "loss_mask_aux", "loss_b")}
-    assert weighted_unlabeled_loss(terms, {}).item() == sum(terms.values()).item()
-    assert weighted_unlabeled_loss(terms, {"loss_mask": 1.0}).item() == sum(terms.values()).item()
+def test_every_loss_term_has_a_kind_the_config_names():
+    kinds = set(validate_config(BASE)["train"]["unlabeled_loss_weights"])
+    images = [torch.rand(3, 64, 64)]
+    for config in (MASK_RCNN, MASK2FORMER):
+        model = build_model(config["model"], 2, load_weights=False)
+        terms = model.losses(images, [_target(_square_masks())])
+        assert set(terms) == set(model.loss_kinds) and set(model.loss_kinds.values()) <= kinds
 
 
-def test_a_weight_scales_its_term_and_its_deep_supervision_sum():
-    terms = {"loss_cross_entropy": torch.tensor(1.0), "loss_mask": torch.tensor(2.0), "loss_mask_aux": torch.tensor(8.0),
-             "loss_dice": torch.tensor(4.0)}
-    assert weighted_unlabeled_loss(terms, {"loss_mask": 0.25}).item() == 1.0 + 0.5 + 2.0 + 4.0
+# -- per-kind weights ----------------------------------------------------------------------------------
+KINDS = {"loss_cross_entropy": "class", "loss_mask": "mask", "loss_mask_aux": "mask", "loss_dice": "mask",
+         "loss_box_reg": "box"}
 
 
-def test_a_zero_weight_removes_the_term_even_when_it_is_not_finite():
+def test_weights_of_one_give_the_plain_sum_exactly():
+    terms = {name: torch.rand((), dtype=torch.float64) for name in KINDS}
+    ones = {"class": 1.0, "box": 1.0, "mask": 1.0, "rpn": 1.0}
+    assert weighted_unlabeled_loss(terms, KINDS, ones).item() == sum(terms.values()).item()
+    assert weighted_unlabeled_loss(terms, KINDS, {}).item() == sum(terms.values()).item()
+
+
+def test_a_weight_scales_every_term_of_its_kind():
+    values = {"loss_cross_entropy": 1.0, "loss_mask": 2.0, "loss_mask_aux": 8.0, "loss_dice": 4.0, "loss_box_reg": 16.0}
+    terms = {name: torch.tensor(value) for name, value in values.items()}
+    assert weighted_unlabeled_loss(terms, KINDS, {"mask": 0.25, "box": 1.0}).item() == 1.0 + 0.5 + 2.0 + 1.0 + 16.0
+
+
+def test_a_zero_weight_removes_the_terms_even_when_they_are_not_finite():
     value = torch.tensor(3.0, requires_grad=True)
-    terms = {"loss_classifier": value, "loss_mask": torch.tensor(float("inf"))}
-    total = weighted_unlabeled_loss(terms, {"loss_mask": 0.0})
-    assert total.item() == 3.0
-    assert weighted_unlabeled_loss({"loss_mask": value}, {"loss_mask": 0.0}).item() == 0.0
+    terms = {"loss_cross_entropy": value, "loss_mask": torch.tensor(float("inf"))}
+    assert weighted_unlabeled_loss(terms, KINDS, {"mask": 0.0}).item() == 3.0
+    assert weighted_unlabeled_loss({"loss_mask": value}, KINDS, {"mask": 0.0}).item() == 0.0
 
 
 # -- soft and coarse pseudo-masks ------------------------------------------------------------------------
@@ -197,23 +211,24 @@ def split_dir(micro_dataset, tmp_path):
     return tmp_path / "split"
 
 
-def test_guided_steps_with_soft_masks_and_a_light_mask_term(micro_config, split_dir, micro_dataset, tmp_path):
+def test_guided_steps_without_the_mask_term_and_with_soft_masks(micro_config, split_dir, micro_dataset, tmp_path):
     torch.set_num_threads(1)
     images = micro_dataset / "train"
     split_trainer(micro_config, "supervised", split_dir, images, tmp_path / "sup").run()
     teacher = tmp_path / "sup" / "model_final.pt"
     hidden = micro_dataset / "annotations" / "train.json"
-    records = {}
-    for name, train in (("default", {}), ("explicit ones", {"unlabeled_loss_weights": {"loss_mask": 1.0}}),
-                        ("soft, mask 0.5", {"unlabeled_loss_weights": {"loss_mask": 0.5},
-                                            "pseudo_label": {"mask_target": "soft"}})):
+    first = {}
+    for name, train in (("default", {}), ("no mask term", {"unlabeled_loss_weights": {"mask": 0.0}}),
+                        ("soft", {"pseudo_label": {"mask_target": "soft"}})):
         config = validate_config(deep_merge(micro_config, {"train": train}))
         trainer = split_trainer(config, "guided_distillation", split_dir, images, tmp_path / name, teacher=teacher,
                                 hidden_annotations=hidden)
         trainer.run()
-        records[name] = [{k: v for k, v in record.items() if k != "seconds_per_step"} for record in trainer.log_records]
-    assert records["default"] == records["explicit ones"]
-    soft = records["soft, mask 0.5"][-1]
-    assert "pseudo_label_precision" in soft and soft["loss"] == soft["loss"]  # quality measured; finite
-    default = records["default"][-1]
+        first[name] = trainer.log_records[0]  # step 1: the same student and teacher weights in every run
+    default, no_mask, soft = first["default"], first["no mask term"], first["soft"]
+    assert no_mask["loss_unsupervised/loss_mask"] == default["loss_unsupervised/loss_mask"] > 0
+    assert no_mask["loss_unsupervised"] == pytest.approx(default["loss_unsupervised"]
+                                                         - default["loss_unsupervised/loss_mask"])
+    assert soft["loss_unsupervised/loss_classifier"] == default["loss_unsupervised/loss_classifier"]
     assert soft["loss_unsupervised/loss_mask"] != default["loss_unsupervised/loss_mask"]
+    assert soft["pseudo_label_precision"] == default["pseudo_label_precision"]  # measured on the binarised masks

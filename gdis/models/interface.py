@@ -27,7 +27,7 @@ class Segmenter(Protocol):
 
     weights: str  # where the backbone's weights came from: "random", "imagenet", "pretrained" or a file
     rejection_reasons: tuple[str, ...]  # the ways ``explain_pseudo_labels`` can reject a detection, in test order
-    loss_terms: tuple[str, ...]  # the names of the terms ``losses`` returns (train.unlabeled_loss_weights keys)
+    loss_kinds: dict[str, str]  # each term ``losses`` returns -> its kind (train.unlabeled_loss_weights keys)
     mask_targets: tuple[str, ...]  # the train.pseudo_label.mask_target values ``pseudo_labels`` makes
 
     def losses(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:

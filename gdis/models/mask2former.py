@@ -28,6 +28,9 @@ IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 SIZE_DIVISIBILITY = 32
 LOSS_TERMS = ("loss_cross_entropy", "loss_mask", "loss_dice")
+# Each loss term's kind (train.unlabeled_loss_weights keys); a deep-supervision sum (<term>_aux) is of its term's.
+LOSS_KINDS = {"loss_cross_entropy": "class", "loss_mask": "mask", "loss_dice": "mask"}
+LOSS_KINDS.update({f"{term}_aux": kind for term, kind in list(LOSS_KINDS.items())})
 MASK_TARGETS = ("binary", "soft", "coarse_binary")  # train.pseudo_label.mask_target values this architecture makes
 
 
@@ -188,7 +191,7 @@ class Mask2FormerSegmenter(nn.Module):
     """Mask2Former behind the gdis architecture interface (``gdis.models.interface.Segmenter``)."""
 
     rejection_reasons = ("no_object", "score", "mask_sum")  # the tests of pseudo_label_query_tests
-    loss_terms = LOSS_TERMS
+    loss_kinds = LOSS_KINDS
     mask_targets = MASK_TARGETS
 
     def __init__(self, num_classes: int, model_config: dict) -> None:

@@ -109,7 +109,9 @@ def build_resnet50_fpn(num_classes: int, model_config: dict) -> MaskRCNN:
 
 BUILDERS = {"tiny": build_tiny, "resnet50_fpn": build_resnet50_fpn}
 IMAGENET_WEIGHTS = {"resnet50_fpn": ResNet50_Weights.IMAGENET1K_V1}
-LOSS_TERMS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+# Each loss term's kind (train.unlabeled_loss_weights keys).
+LOSS_KINDS = {"loss_classifier": "class", "loss_box_reg": "box", "loss_mask": "mask", "loss_objectness": "rpn",
+              "loss_rpn_box_reg": "rpn"}
 MASK_TARGETS = ("binary", "soft")  # train.pseudo_label.mask_target values this architecture makes
 
 
@@ -148,7 +150,7 @@ class MaskRCNNSegmenter(nn.Module):
     """Mask R-CNN behind the gdis architecture interface (``gdis.models.interface.Segmenter``)."""
 
     rejection_reasons = ("score", "area")  # see pseudo_label_decisions
-    loss_terms = LOSS_TERMS
+    loss_kinds = LOSS_KINDS
     mask_targets = MASK_TARGETS
 
     def __init__(self, num_classes: int, model_config: dict) -> None:
