@@ -167,6 +167,7 @@ class Job:
     evaluate: list[str]  # student, ema_teacher, student_at_burn_in
     needs: list[str] = field(default_factory=list)  # keys of jobs that must finish first
     estimate: float = 0.0  # relative cost, for ordering
+    priority: int = 0  # the recipe's place on the command line: the first recipe's runs go first
 
 
 def _train(job: Job) -> dict:
@@ -344,7 +345,7 @@ class Study:
         return str(path), file_digest(path)
 
     def add_cell(self, cell: Cell, percents: list[float], methods: list[str], standard_burnin: bool,
-                 student_at_burn_in: bool, full: bool = True) -> None:
+                 student_at_burn_in: bool, full: bool = True, priority: int = 0) -> None:
         config = cell.config
         data = self.dataset_files(config)
         weights, weights_digest = self.weights_for(config)
@@ -360,7 +361,8 @@ class Study:
                                                                                         supervised_key),
                           config=config, files=files, val_annotations=str(data["val_annotations"]),
                           val_images=str(data["val_images"]), evaluate=["student"],
-                          estimate=config["train"]["iterations"] * (2 if arch == "mask_rcnn" else 1)))
+                          estimate=config["train"]["iterations"] * (2 if arch == "mask_rcnn" else 1),
+                          priority=priority))
             cell.runs[(SUPERVISED, percent)] = supervised_key
             if percent == FULL:
                 continue
@@ -379,7 +381,7 @@ class Study:
                 self._add(Job(key=key, method=method, run_dir=self._run_dir(cell, method, percent, key), config=config,
                               files={**distill_files, **extra}, val_annotations=str(data["val_annotations"]),
                               val_images=str(data["val_images"]), evaluate=evaluate, needs=[supervised_key],
-                              estimate=2 * steps * (2 if arch == "mask_rcnn" else 1)))
+                              estimate=2 * steps * (2 if arch == "mask_rcnn" else 1), priority=priority))
                 cell.runs[(method, percent)] = key
         self.cells.append(cell)
 
@@ -407,7 +409,7 @@ class Study:
             running = {}
             while pending or running:
                 ready = sorted((job for job in pending.values() if all(need in results for need in job.needs)),
-                               key=lambda job: (job.method != SUPERVISED, -job.estimate))
+                               key=lambda job: (job.method != SUPERVISED, job.priority, -job.estimate))
                 for job in ready[: workers - len(running)]:
                     running[pool.submit(run_job, job)] = job
                     del pending[job.key]
@@ -625,13 +627,13 @@ def main(argv: list[str] | None = None) -> int:
     (work_dir / f"study-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps(record, indent=1))
     for dataset in args.datasets:
         for network in args.networks:
-            for recipe, overlay in recipes.items():
+            for priority, (recipe, overlay) in enumerate(recipes.items()):
                 for seed in args.seeds:
                     overlays = [*base, network_overlays.get(network, {}), overlay]
                     config = run_config(dataset, network, overlays, seed)
                     cell = Cell(dataset, network, recipe, seed, config)
                     study.add_cell(cell, list(args.percents), args.methods, recipe in args.standard_burnin,
-                                   args.student_at_burn_in, args.full)
+                                   args.student_at_burn_in, args.full, priority)
     if args.plan_only:
         for job in study.jobs.values():
             print(job.method, job.run_dir)

@@ -1,4 +1,5 @@
-"""The distillation recipe's options (issue 16): soft or coarse pseudo-masks, per-term unlabelled loss weights.
+"""The distillation recipe's options (issue 16): soft or coarse pseudo-masks, unlabelled loss weights by kind,
+where Mask R-CNN pastes its masks.
 
 Each option leaves the default behaviour exactly as it was; each reaches the loss as documented.
 """
@@ -12,11 +13,7 @@ from torchvision.models.detection import roi_heads
 from gdis.config import ConfigError, deep_merge, read_yaml, validate_config
 from gdis.models import build_model
 from gdis.models.mask2former import Mask2FormerSegmenter, pseudo_label_masks
-from gdis.models.mask_rcnn import (
-    FloatMaskTransform,
-    filter_pseudo_labels,
-    resize_float_masks,
-)
+from gdis.models.mask_rcnn import FloatMaskTransform, filter_pseudo_labels, paste_masks, resize_float_masks
 from gdis.splits import write_split
 from gdis.trainer import binarised, check_unlabeled_recipe, weighted_unlabeled_loss
 from tests.conftest import REPO, split_trainer
@@ -232,3 +229,57 @@ def test_guided_steps_without_the_mask_term_and_with_soft_masks(micro_config, sp
     assert soft["loss_unsupervised/loss_classifier"] == default["loss_unsupervised/loss_classifier"]
     assert soft["loss_unsupervised/loss_mask"] != default["loss_unsupervised/loss_mask"]
     assert soft["pseudo_label_precision"] == default["pseudo_label_precision"]  # measured on the binarised masks
+
+
+# -- where Mask R-CNN pastes its masks ----------------------------------------------------------------------
+def _ellipse(size: int, top: int, left: int, height: int, width: int) -> torch.Tensor:
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return (((rows - top - height / 2 + 0.5) / (height / 2)) ** 2
+            + ((cols - left - width / 2 + 0.5) / (width / 2)) ** 2) <= 1
+
+
+def test_aligned_paste_inverts_the_target_projection_and_torchvisions_grows_masks():
+    torch.manual_seed(0)
+    ratios = {"torchvision": [], "aligned": []}
+    for _ in range(40):
+        height, width = torch.randint(6, 30, (2,)).tolist()
+        top, left = torch.randint(2, 30, (2,)).tolist()
+        truth = _ellipse(64, top, left, height, width)
+        rows, cols = torch.where(truth)
+        box = torch.tensor([[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]], dtype=torch.float32)
+        target = roi_heads.project_masks_on_boxes(truth[None].float(), box, torch.tensor([0]), 28)[:, None]
+        for name, pasted in (("torchvision", roi_heads.paste_masks_in_image(target, box, (64, 64))),
+                             ("aligned", paste_masks(target, box, (64, 64)))):
+            binary = pasted[0, 0] > 0.5
+            ratios[name].append(binary.sum() / truth.sum())
+            if name == "aligned":
+                assert (binary & truth).sum() / (binary | truth).sum() > 0.97
+                assert not pasted[0, 0][~_inside(box[0], 64)].any()
+    assert abs(torch.stack(ratios["aligned"]).mean() - 1) < 0.01
+    assert torch.stack(ratios["torchvision"]).mean() > 1.05  # about a pixel wider and taller than the box
+
+
+def _inside(box: torch.Tensor, size: int) -> torch.Tensor:
+    centres = torch.arange(size) + 0.5
+    inside_x = (centres >= box[0]) & (centres <= box[2])
+    inside_y = (centres >= box[1]) & (centres <= box[3])
+    return inside_y[:, None] & inside_x[None, :]
+
+
+def test_mask_paste_changes_only_the_masks_of_predictions():
+    torch.manual_seed(0)
+    images = [torch.rand(3, 64, 64)]
+    predictions = {}
+    for paste in ("torchvision", "aligned"):
+        torch.manual_seed(0)
+        model = build_model({**MASK_RCNN["model"], "mask_paste": paste}, 2, load_weights=False)
+        model.net.roi_heads.score_thresh = 0.0  # an untrained network: keep its low-scoring detections
+        predictions[paste] = model.predict(images)[0]
+    default, aligned = predictions["torchvision"], predictions["aligned"]
+    assert len(default["boxes"]) > 0
+    for key in ("boxes", "labels", "scores"):
+        assert torch.equal(default[key], aligned[key])
+    assert aligned["masks"].shape == default["masks"].shape == (len(default["boxes"]), 64, 64)
+    assert not torch.equal(aligned["masks"], default["masks"])
+    assert aligned["masks"].min() >= 0 and aligned["masks"].max() <= 1
+    assert paste_masks(torch.zeros((0, 1, 28, 28)), torch.zeros((0, 4)), (8, 8)).shape == (0, 1, 8, 8)

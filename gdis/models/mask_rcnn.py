@@ -18,7 +18,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign, masks_to_boxes
 
 from gdis.models.weights import load_backbone_state, resolve_torchvision_weights
@@ -116,7 +116,8 @@ MASK_TARGETS = ("binary", "soft")  # train.pseudo_label.mask_target values this 
 
 
 class FloatMaskTransform(GeneralizedRCNNTransform):
-    """torchvision's resize and batching, keeping float target masks (soft pseudo-labels) as floats.
+    """torchvision's resize, batching and post-processing, keeping float target masks (soft pseudo-labels) as
+    floats, and pasting predicted masks as ``model.mask_paste`` says.
 
     torchvision resizes target masks with nearest interpolation and casts them to uint8, which would
     floor probabilities to 0. Float masks are resized bilinearly instead and stay in [0, 1]; the mask
@@ -124,11 +125,25 @@ class FloatMaskTransform(GeneralizedRCNNTransform):
     Integer masks go through torchvision's own path unchanged.
     """
 
+    mask_paste = "torchvision"
+
     @classmethod
-    def like(cls, transform: GeneralizedRCNNTransform) -> FloatMaskTransform:
-        return cls(transform.min_size, transform.max_size, transform.image_mean, transform.image_std,
+    def like(cls, transform: GeneralizedRCNNTransform, mask_paste: str = "torchvision") -> FloatMaskTransform:
+        made = cls(transform.min_size, transform.max_size, transform.image_mean, transform.image_std,
                    size_divisible=transform.size_divisible, fixed_size=transform.fixed_size,
                    _skip_resize=transform._skip_resize)
+        made.mask_paste = mask_paste
+        return made
+
+    def postprocess(self, result: list[dict], image_shapes, original_image_sizes) -> list[dict]:
+        """Boxes back to the original image size; masks pasted into them (``paste_masks`` when 'aligned')."""
+        if self.training or self.mask_paste == "torchvision":
+            return super().postprocess(result, image_shapes, original_image_sizes)
+        for prediction, image_shape, original_size in zip(result, image_shapes, original_image_sizes):
+            prediction["boxes"] = resize_boxes(prediction["boxes"], image_shape, original_size)
+            if "masks" in prediction:
+                prediction["masks"] = paste_masks(prediction["masks"], prediction["boxes"], tuple(original_size))
+        return result
 
     def resize(self, image: torch.Tensor, target: dict | None = None):
         if target is None or "masks" not in target or not target["masks"].is_floating_point():
@@ -137,6 +152,32 @@ class FloatMaskTransform(GeneralizedRCNNTransform):
         image, target = super().resize(image, target)
         target["masks"] = resize_float_masks(masks, tuple(image.shape[-2:]))
         return image, target
+
+
+def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, M, M) mask probabilities pasted into their xyxy ``boxes`` on an image of ``image_size``: (N, 1, H, W).
+
+    The inverse of how training projects a target mask onto a box (torchvision's project_masks_on_boxes:
+    roi_align with aligned=False, so cell i of a box [x0, x1) holds the target at image coordinate
+    x0 + (i + 0.5) (x1 - x0) / M, pixel j's value lying at coordinate j). Each pixel whose centre lies in the
+    box reads the mask at its coordinate, bilinearly, the border cells extended by half a cell; pixels outside
+    the box are 0. Projecting a mask and pasting it back gives the same mask (tests/test_recipe_knobs.py).
+    """
+    height, width = image_size
+    if not len(masks):
+        return masks.new_zeros((0, 1, height, width))
+    boxes = boxes.to(masks.dtype)
+    x0, y0, x1, y1 = (boxes[:, k, None] for k in range(4))
+    xs = torch.arange(width, dtype=masks.dtype, device=masks.device)[None]
+    ys = torch.arange(height, dtype=masks.dtype, device=masks.device)[None]
+    # grid_sample (align_corners=False) reads cell i at 2 (i + 0.5) / M - 1: pixel j at 2 (j - x0) / (x1 - x0) - 1.
+    grid_x = 2 * (xs - x0) / (x1 - x0).clamp(min=1e-6) - 1  # (N, W)
+    grid_y = 2 * (ys - y0) / (y1 - y0).clamp(min=1e-6) - 1  # (N, H)
+    grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1)
+    pasted = F.grid_sample(masks, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    inside_x = (xs + 0.5 >= x0) & (xs + 0.5 <= x1)
+    inside_y = (ys + 0.5 >= y0) & (ys + 0.5 <= y1)
+    return pasted * (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
 
 
 def resize_float_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -157,7 +198,7 @@ class MaskRCNNSegmenter(nn.Module):
         super().__init__()
         self.backbone_name = model_config["backbone"]
         self.net = BUILDERS[self.backbone_name](num_classes, model_config)
-        self.net.transform = FloatMaskTransform.like(self.net.transform)
+        self.net.transform = FloatMaskTransform.like(self.net.transform, model_config["mask_paste"])
         self.train_sizes = tuple(model_config["min_size"])
         self.test_size = model_config["test_size"]
         self.weights = "random"
