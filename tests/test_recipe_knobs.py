@@ -13,7 +13,12 @@ from torchvision.models.detection import roi_heads
 from gdis.config import ConfigError, deep_merge, read_yaml, validate_config
 from gdis.models import build_model
 from gdis.models.mask2former import Mask2FormerSegmenter, pseudo_label_masks
-from gdis.models.mask_rcnn import FloatMaskTransform, filter_pseudo_labels, paste_masks, resize_float_masks
+from gdis.models.mask_rcnn import (
+    FloatMaskTransform,
+    filter_pseudo_labels,
+    paste_masks,
+    resize_float_masks,
+)
 from gdis.splits import write_split
 from gdis.trainer import binarised, check_unlabeled_recipe, weighted_unlabeled_loss
 from tests.conftest import REPO, split_trainer
