@@ -72,6 +72,37 @@ class StudentLosses(torch.nn.Module):
         return [self.student.losses(images, targets) for images, targets in groups]
 
 
+def weighted_unlabeled_loss(terms: dict[str, torch.Tensor], kinds: dict[str, str],
+                            weights: dict[str, float]) -> torch.Tensor:
+    """The unlabelled loss: the sum of its terms, each times the ``train.unlabeled_loss_weights`` entry of its kind.
+
+    ``kinds`` maps each term to its kind (the architecture's ``loss_kinds``); a weight of 0 leaves a term out.
+    """
+    total = 0
+    for name, value in terms.items():
+        weight = weights.get(kinds[name], 1.0)
+        if weight:
+            total = total + (value if weight == 1 else weight * value)
+    if isinstance(total, int):  # every term left out
+        return next(iter(terms.values())).new_zeros(())
+    return total
+
+
+def check_unlabeled_recipe(student: torch.nn.Module, train: dict) -> None:
+    """A ValueError naming the key when ``train.pseudo_label.mask_target`` asks for what ``student``'s
+    architecture does not make."""
+    mask_target = train["pseudo_label"]["mask_target"]
+    if mask_target not in student.mask_targets:
+        raise ValueError(f"train.pseudo_label.mask_target: {mask_target!r} is not made by {type(student).__name__} "
+                         f"(choose from {', '.join(student.mask_targets)})")
+
+
+def binarised(targets: list[dict], mask_threshold: float) -> list[dict]:
+    """Pseudo-labels with float (soft) masks binarised at ``mask_threshold``, e.g. to measure their quality."""
+    return [{**target, "masks": (target["masks"] > mask_threshold).to(torch.uint8)}
+            if target["masks"].is_floating_point() else target for target in targets]
+
+
 def _finite_or_fail(step: int, terms: dict[str, torch.Tensor], world: distributed.World) -> None:
     bad = {name: float(value) for name, value in terms.items() if not torch.isfinite(value)}
     if distributed.any_rank(bool(bad), world):  # every process stops, none waits forever for the others
@@ -99,6 +130,8 @@ class Trainer:
         self.work_dir = self.out_dir / "work"
         self.run_info = run_info or {}
         self.student, self.teacher = parts.student, parts.teacher
+        if self.teacher is not None:
+            check_unlabeled_recipe(self.student, self.train)
         self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
         self.student_losses = distributed.data_parallel(StudentLosses(self.student, self.train["shared_backbone"]),
                                                         self.world)
@@ -187,7 +220,8 @@ class Trainer:
         quality = {}
         measured_every = thresholds["quality_interval"] * self.train["log_period"]
         if self.parts.hidden_truth is not None and (self.iteration + 1) % measured_every == 0:
-            quality = pseudo_quality.measure_views(self.parts.hidden_truth, infos, targets)
+            quality = pseudo_quality.measure_views(self.parts.hidden_truth, infos,
+                                                   binarised(targets, thresholds["mask_threshold"]))
         return targets, per_image, quality
 
     def _view_short_side(self, views: list[torch.Tensor]) -> int | None:
@@ -220,7 +254,8 @@ class Trainer:
         if phase is not None:
             unsupervised = unsupervised_losses[0]
             terms.update({f"loss_unsupervised/{k}": v for k, v in unsupervised.items()})
-            loss_unsupervised = sum(unsupervised.values())
+            loss_unsupervised = weighted_unlabeled_loss(unsupervised, self.student.loss_kinds,
+                                                        train["unlabeled_loss_weights"])
             loss = loss + train["unlabeled_weight"] * loss_unsupervised
             record.update(loss_unsupervised=loss_unsupervised.item(), pseudo_labels_per_image=per_image, **quality)
         nonfinite = not all(torch.isfinite(value) for value in terms.values())

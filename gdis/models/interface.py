@@ -27,6 +27,8 @@ class Segmenter(Protocol):
 
     weights: str  # where the backbone's weights came from: "random", "imagenet", "pretrained" or a file
     rejection_reasons: tuple[str, ...]  # the ways ``explain_pseudo_labels`` can reject a detection, in test order
+    loss_kinds: dict[str, str]  # each term ``losses`` returns -> its kind (train.unlabeled_loss_weights keys)
+    mask_targets: tuple[str, ...]  # the train.pseudo_label.mask_target values ``pseudo_labels`` makes
 
     def losses(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         """Training losses on ``images`` with ``targets`` (boxes, labels, masks), by name."""
@@ -35,9 +37,10 @@ class Segmenter(Protocol):
         """Per image: boxes (xyxy), labels (1..K), scores, masks as (N, H, W) probabilities."""
 
     def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict, short_side: int | None = None) -> list[dict]:
-        """Per image, targets (boxes, labels, binary masks) for a student, from this network as teacher
+        """Per image, targets (boxes, labels, masks) for a student, from this network as teacher
         (``thresholds``: the train.pseudo_label keys), predicted with the images' short side resized to
-        ``short_side`` (None: the test size)."""
+        ``short_side`` (None: the test size). Masks are uint8 (binary), or float in [0, 1] when
+        ``thresholds["mask_target"]`` asks for soft targets."""
 
     def explain_pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
         """Per image, every candidate the pseudo-label rule considered and what it did with it.

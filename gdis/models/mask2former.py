@@ -8,6 +8,7 @@ follow Mask2Former and Guided Distillation.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -27,6 +28,10 @@ IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 SIZE_DIVISIBILITY = 32
 LOSS_TERMS = ("loss_cross_entropy", "loss_mask", "loss_dice")
+# Each loss term's kind (train.unlabeled_loss_weights keys); a deep-supervision sum (<term>_aux) is of its term's.
+LOSS_KINDS = {"loss_cross_entropy": "class", "loss_mask": "mask", "loss_dice": "mask"}
+LOSS_KINDS.update({f"{term}_aux": kind for term, kind in list(LOSS_KINDS.items())})
+MASK_TARGETS = ("binary", "soft", "coarse_binary")  # train.pseudo_label.mask_target values this architecture makes
 
 
 def build_hf_model(num_labels: int, settings: dict, backbone: nn.Module):
@@ -162,10 +167,32 @@ def select_pseudo_label_queries(class_logits: torch.Tensor, mask_logits: torch.T
     return keep.nonzero().flatten(), label[keep]
 
 
+def pseudo_label_masks(mask_logits: torch.Tensor, to_image, mask_threshold: float,
+                       mask_target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's target masks of kept queries and their binary outlines (for the boxes), at image size.
+
+    ``mask_logits`` (N, h, w) are the queries' low-resolution (stride 4) logits; ``to_image`` resizes such
+    maps to the image as inference does (bilinearly). 'binary': sigmoid of the resized logits >
+    ``mask_threshold``, uint8. 'soft': that sigmoid itself, float. 'coarse_binary': sigmoid >
+    ``mask_threshold`` at stride 4 (the reference's prepare_ssl_outputs), then resized, float: soft only
+    along the outline, as the reference's point_sample of its low-resolution targets makes them.
+    """
+    if mask_target == "coarse_binary":
+        coarse = to_image((mask_logits.sigmoid() > mask_threshold).float()).clamp(0, 1)
+        return coarse, coarse > 0.5
+    probabilities = to_image(mask_logits).sigmoid()
+    binary = probabilities > mask_threshold
+    if mask_target == "soft":
+        return probabilities, binary
+    return binary.to(torch.uint8), binary
+
+
 class Mask2FormerSegmenter(nn.Module):
     """Mask2Former behind the gdis architecture interface (``gdis.models.interface.Segmenter``)."""
 
     rejection_reasons = ("no_object", "score", "mask_sum")  # the tests of pseudo_label_query_tests
+    loss_kinds = LOSS_KINDS
+    mask_targets = MASK_TARGETS
 
     def __init__(self, num_classes: int, model_config: dict) -> None:
         super().__init__()
@@ -228,9 +255,14 @@ class Mask2FormerSegmenter(nn.Module):
 
     @staticmethod
     def _target_masks(masks: torch.Tensor, size: tuple[int, int], padded_size: tuple[int, int]) -> torch.Tensor:
+        """Target masks resized to the input's ``size`` and zero-padded: binary ones by nearest neighbour,
+        float ones (soft pseudo-labels, ``train.pseudo_label.mask_target``) bilinearly."""
         out = torch.zeros((len(masks), *padded_size))
         if len(masks):
-            resized = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]
+            if masks.is_floating_point():
+                resized = F.interpolate(masks[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            else:
+                resized = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]
             out[:, : size[0], : size[1]] = resized
         return out
 
@@ -289,17 +321,24 @@ class Mask2FormerSegmenter(nn.Module):
         """Targets for the student from this (teacher) network's queries on ``images`` (train.pseudo_label keys).
 
         Queries are selected on the low-resolution (stride 4) outputs of the padded input
-        (``select_pseudo_label_queries``), as the reference measures its minimum mask sum; each kept mask
-        is its logits, resized to the image as at inference, with sigmoid > mask_threshold.
+        (``select_pseudo_label_queries``), as the reference measures its minimum mask sum. Each kept
+        mask (``pseudo_label_masks``, by ``train.pseudo_label.mask_target``) is by default its logits,
+        resized to the image as at inference, with sigmoid > mask_threshold.
         """
+        mask_target = thresholds.get("mask_target", "binary")
+        if mask_target not in MASK_TARGETS:
+            raise ValueError(f"train.pseudo_label.mask_target: {mask_target!r} is not made by Mask2Former "
+                             f"(choose from {', '.join(MASK_TARGETS)})")
         class_logits, mask_logits, padded_size, sizes = self._query_outputs(images, short_side)
         targets = []
         for image, classes, masks, size in zip(images, class_logits, mask_logits, sizes):
             queries, labels = select_pseudo_label_queries(classes, masks, thresholds["score_threshold"],
                                                           thresholds["min_mask_probability_sum"])
-            probabilities = self._to_image(masks[queries], padded_size, size, image.shape[-2:]).sigmoid()
-            binary = probabilities > thresholds["mask_threshold"]
-            targets.append({"boxes": mask_boxes(binary), "labels": labels + 1, "masks": binary.to(torch.uint8)})
+            to_image = functools.partial(self._to_image, padded_size=padded_size, size=size,
+                                         image_size=image.shape[-2:])
+            target_masks, binary = pseudo_label_masks(masks[queries], to_image, thresholds["mask_threshold"],
+                                                      mask_target)
+            targets.append({"boxes": mask_boxes(binary), "labels": labels + 1, "masks": target_masks})
         return targets
 
     @torch.no_grad()

@@ -11,12 +11,14 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign, masks_to_boxes
 
 from gdis.models.weights import load_backbone_state, resolve_torchvision_weights
@@ -107,17 +109,96 @@ def build_resnet50_fpn(num_classes: int, model_config: dict) -> MaskRCNN:
 
 BUILDERS = {"tiny": build_tiny, "resnet50_fpn": build_resnet50_fpn}
 IMAGENET_WEIGHTS = {"resnet50_fpn": ResNet50_Weights.IMAGENET1K_V1}
+# Each loss term's kind (train.unlabeled_loss_weights keys).
+LOSS_KINDS = {"loss_classifier": "class", "loss_box_reg": "box", "loss_mask": "mask", "loss_objectness": "rpn",
+              "loss_rpn_box_reg": "rpn"}
+MASK_TARGETS = ("binary", "soft")  # train.pseudo_label.mask_target values this architecture makes
+
+
+class FloatMaskTransform(GeneralizedRCNNTransform):
+    """torchvision's resize, batching and post-processing, keeping float target masks (soft pseudo-labels) as
+    floats, and pasting predicted masks as ``model.mask_paste`` says.
+
+    torchvision resizes target masks with nearest interpolation and casts them to uint8, which would
+    floor probabilities to 0. Float masks are resized bilinearly instead and stay in [0, 1]; the mask
+    loss (roi_align of the targets, then binary cross-entropy) takes float targets as they are.
+    Integer masks go through torchvision's own path unchanged.
+    """
+
+    mask_paste = "torchvision"
+
+    @classmethod
+    def like(cls, transform: GeneralizedRCNNTransform, mask_paste: str = "torchvision") -> FloatMaskTransform:
+        made = cls(transform.min_size, transform.max_size, transform.image_mean, transform.image_std,
+                   size_divisible=transform.size_divisible, fixed_size=transform.fixed_size,
+                   _skip_resize=transform._skip_resize)
+        made.mask_paste = mask_paste
+        return made
+
+    def postprocess(self, result: list[dict], image_shapes, original_image_sizes) -> list[dict]:
+        """Boxes back to the original image size; masks pasted into them (``paste_masks`` when 'aligned')."""
+        if self.training or self.mask_paste == "torchvision":
+            return super().postprocess(result, image_shapes, original_image_sizes)
+        for prediction, image_shape, original_size in zip(result, image_shapes, original_image_sizes):
+            prediction["boxes"] = resize_boxes(prediction["boxes"], image_shape, original_size)
+            if "masks" in prediction:
+                prediction["masks"] = paste_masks(prediction["masks"], prediction["boxes"], tuple(original_size))
+        return result
+
+    def resize(self, image: torch.Tensor, target: dict | None = None):
+        if target is None or "masks" not in target or not target["masks"].is_floating_point():
+            return super().resize(image, target)
+        masks = target.pop("masks")  # the forward resizes a copy of each target dict
+        image, target = super().resize(image, target)
+        target["masks"] = resize_float_masks(masks, tuple(image.shape[-2:]))
+        return image, target
+
+
+def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, M, M) mask probabilities pasted into their xyxy ``boxes`` on an image of ``image_size``: (N, 1, H, W).
+
+    The inverse of how training projects a target mask onto a box (torchvision's project_masks_on_boxes:
+    roi_align with aligned=False, so cell i of a box [x0, x1) holds the target at image coordinate
+    x0 + (i + 0.5) (x1 - x0) / M, pixel j's value lying at coordinate j). Each pixel whose centre lies in the
+    box reads the mask at its coordinate, bilinearly, the border cells extended by half a cell; pixels outside
+    the box are 0. Projecting a mask and pasting it back gives the same mask (tests/test_recipe_knobs.py).
+    """
+    height, width = image_size
+    if not len(masks):
+        return masks.new_zeros((0, 1, height, width))
+    boxes = boxes.to(masks.dtype)
+    x0, y0, x1, y1 = (boxes[:, k, None] for k in range(4))
+    xs = torch.arange(width, dtype=masks.dtype, device=masks.device)[None]
+    ys = torch.arange(height, dtype=masks.dtype, device=masks.device)[None]
+    # grid_sample (align_corners=False) reads cell i at 2 (i + 0.5) / M - 1: pixel j at 2 (j - x0) / (x1 - x0) - 1.
+    grid_x = 2 * (xs - x0) / (x1 - x0).clamp(min=1e-6) - 1  # (N, W)
+    grid_y = 2 * (ys - y0) / (y1 - y0).clamp(min=1e-6) - 1  # (N, H)
+    grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1)
+    pasted = F.grid_sample(masks, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    inside_x = (xs + 0.5 >= x0) & (xs + 0.5 <= x1)
+    inside_y = (ys + 0.5 >= y0) & (ys + 0.5 <= y1)
+    return pasted * (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
+
+
+def resize_float_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, H, W) float masks resized bilinearly to ``size``, values kept in [0, 1]."""
+    if not len(masks):
+        return masks.new_zeros((0, *size))
+    return F.interpolate(masks[:, None], size=size, mode="bilinear", align_corners=False)[:, 0].clamp(0, 1)
 
 
 class MaskRCNNSegmenter(nn.Module):
     """Mask R-CNN behind the gdis architecture interface (``gdis.models.interface.Segmenter``)."""
 
     rejection_reasons = ("score", "area")  # see pseudo_label_decisions
+    loss_kinds = LOSS_KINDS
+    mask_targets = MASK_TARGETS
 
     def __init__(self, num_classes: int, model_config: dict) -> None:
         super().__init__()
         self.backbone_name = model_config["backbone"]
         self.net = BUILDERS[self.backbone_name](num_classes, model_config)
+        self.net.transform = FloatMaskTransform.like(self.net.transform, model_config["mask_paste"])
         self.train_sizes = tuple(model_config["min_size"])
         self.test_size = model_config["test_size"]
         self.weights = "random"
@@ -191,8 +272,12 @@ class MaskRCNNSegmenter(nn.Module):
     def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict, short_side: int | None = None) -> list[dict]:
         """Targets for the student from this (teacher) network's detections on ``images`` (train.pseudo_label keys)."""
         score, mask, area = thresholds["score_threshold"], thresholds["mask_threshold"], thresholds["min_area"]
+        mask_target = thresholds.get("mask_target", "binary")
+        if mask_target not in MASK_TARGETS:
+            raise ValueError(f"train.pseudo_label.mask_target: {mask_target!r} is not made by Mask R-CNN "
+                             f"(choose from {', '.join(MASK_TARGETS)})")
         predictions = self.predict(images, score_threshold=score, short_side=short_side)
-        return [filter_pseudo_labels(p, score, mask, area) for p in predictions]
+        return [filter_pseudo_labels(p, score, mask, area, soft=mask_target == "soft") for p in predictions]
 
     def explain_pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
         """Every detection of ``predict`` with its pseudo-label decision (``pseudo_label_decisions``)."""
@@ -204,20 +289,24 @@ class MaskRCNNSegmenter(nn.Module):
         return explained
 
 
-def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int) -> dict:
+def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int,
+                         soft: bool = False) -> dict:
     """Training targets from one image's detections: confident, binarised, large enough.
 
     Keeps detections with score > ``score_threshold``; the mask is probability > ``mask_threshold``;
-    masks under ``min_area`` pixels are dropped; boxes are re-derived from the kept masks.
+    masks under ``min_area`` pixels are dropped; boxes are re-derived from the kept masks. With ``soft``
+    the kept masks are the probabilities themselves (float), the rest unchanged.
     """
     keep = prediction["scores"] > score_threshold
-    binary = prediction["masks"][keep] > mask_threshold
+    probabilities = prediction["masks"][keep]
+    binary = probabilities > mask_threshold
     labels = prediction["labels"][keep]
     large = binary.flatten(1).sum(1) >= max(min_area, 1)
-    binary, labels = binary[large], labels[large]
+    binary, labels, probabilities = binary[large], labels[large], probabilities[large]
     boxes = masks_to_boxes(binary) if len(binary) else torch.zeros((0, 4), device=binary.device)
     boxes[:, 2:] += 1  # pixel indices -> pixel edges, so a one-pixel mask has a positive size
-    return {"boxes": boxes, "labels": labels, "masks": binary.to(torch.uint8)}
+    masks = probabilities.float() if soft else binary.to(torch.uint8)
+    return {"boxes": boxes, "labels": labels, "masks": masks}
 
 
 

@@ -1,0 +1,78 @@
+"""The recipe study's bookkeeping: overlays, cache keys shared by recipes, gap closure and its summary."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import recipe_study as study
+from gdis.config import deep_merge
+
+
+def test_recipes_are_overlays_from_files_or_inline_yaml(tmp_path):
+    path = tmp_path / "soft.yaml"
+    path.write_text("train:\n  pseudo_label: {mask_target: soft}\n")
+    assert study.parse_recipe(f"soft={path}") == ("soft", {"train": {"pseudo_label": {"mask_target": "soft"}}})
+    assert study.parse_recipe("plain={}") == ("plain", {})
+    assert study.parse_recipe("w={train: {unlabeled_loss_weights: {mask: 0}}}")[1] == {
+        "train": {"unlabeled_loss_weights": {"mask": 0}}}
+    with pytest.raises(ValueError, match="NAME=YAML"):
+        study.parse_recipe("no-name")
+    with pytest.raises(ValueError, match="not a mapping"):
+        study.parse_recipe("bad=[1, 2]")
+
+
+def test_a_run_config_is_the_workflows_merge_plus_the_overlays():
+    schedule = {"train": {"iterations": 240, "burn_in": 160, "lr_steps": [204]}}
+    config = study.run_config("heldout_cells", "mask2former_tiny", [schedule], 3)
+    assert config["dataset"]["synthetic"]["family"] == "cells" and config["model"]["arch"] == "mask2former"
+    assert config["train"]["iterations"] == 240 and config["train"]["seed"] == 3
+
+
+def test_recipes_that_change_only_distillation_share_the_supervised_run():
+    base = study.run_config("shapes", "mask_rcnn_tiny", [], 0)
+    soft = study.run_config("shapes", "mask_rcnn_tiny", [{"train": {"pseudo_label": {"mask_target": "soft"},
+                                                                    "augment": {"grayscale_probability": 0.0}}}], 0)
+    lr = study.run_config("shapes", "mask_rcnn_tiny", [{"train": {"lr": 0.002}}], 0)
+
+    def supervised_part(config):
+        return study.without(study.canonical(config, "train"), study.SUPERVISED_IGNORES)
+
+    assert supervised_part(soft) == supervised_part(base) != supervised_part(lr)
+    assert study.canonical(soft, "train") != study.canonical(base, "train")
+
+
+def test_cache_keys_ignore_options_at_their_defaults():
+    config = study.run_config("shapes", "mask_rcnn_tiny", [], 0)
+    explicit = deep_merge(config, {"train": {"unlabeled_loss_weights": {"mask": 1.0}}})
+    older = deep_merge(config, {"train": {"unlabeled_loss_weights": {}}})
+    older["train"].pop("unlabeled_loss_weights")
+    keys = {study.digest(study.canonical(c, "train")) for c in (config, explicit, older)}
+    assert len(keys) == 1
+    changed = deep_merge(config, {"train": {"unlabeled_loss_weights": {"mask": 0.5}}})
+    assert study.canonical(changed, "train")["unlabeled_loss_weights"] == {"mask": 0.5}
+
+
+def test_gap_closure():
+    assert study.gap_closure(12.0, 10.0, 18.0) == pytest.approx(0.25)
+    assert study.gap_closure(9.0, 10.0, 14.0) == pytest.approx(-0.25)
+    assert study.gap_closure(11.0, 10.0, 10.0) is None  # no gap to close
+
+
+def _row(seed, percent, method, model, ap, recipe="r"):
+    return {"dataset": "d", "network": "n", "recipe": recipe, "seed": seed, "label_percent": percent, "method": method,
+            "model": model, "mask_AP": ap, "mask_AP75": ap / 2}
+
+
+def test_summary_takes_the_better_of_student_and_ema_per_seed_then_averages():
+    table = []
+    for seed, (supervised, full, student, ema) in enumerate([(10.0, 20.0, 12.0, 13.0), (12.0, 20.0, 15.0, 14.0)]):
+        table += [_row(seed, 5.0, "supervised", "student", supervised),
+                  _row(seed, 100.0, "supervised", "student", full),
+                  _row(seed, 5.0, "guided_distillation", "student", student),
+                  _row(seed, 5.0, "guided_distillation", "ema_teacher", ema)]
+    [entry] = study.summary(table)
+    assert [s["closure"] for s in entry["per_seed"]] == pytest.approx([0.3, 0.375])
+    mean, std = entry["closure"]
+    assert mean == pytest.approx(0.3375) and std == pytest.approx(0.053033, abs=1e-6)
+    assert entry["best"][0] == pytest.approx(14.0)
+    assert "| d | n | r | 5 | 0,1 |" in study.markdown([], [entry], "t")
