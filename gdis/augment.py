@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from gdis.data import CocoInstances, photometric_augmentation
+from gdis.data import CocoInstances, mask_boxes, photometric_augmentation
 
 GEOMETRIES = ("flip", "large_scale_jitter", "short_side_crop")
 # INPUT.MIN_SIZE_TRAIN of Base-Cityscapes-InstanceSegmentation.yaml: [int(x * 0.1 * 1024) for x in range(5, 21)].
@@ -189,15 +189,6 @@ def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
     flipped = boxes.clone()
     flipped[:, [0, 2]] = width - boxes[:, [2, 0]]
     return flipped
-
-
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """xyxy boxes at pixel edges of non-empty binary (N, H, W) masks."""
-    from torchvision.ops import masks_to_boxes
-
-    boxes = masks_to_boxes(masks).float() if len(masks) else torch.zeros((0, 4))
-    boxes[:, 2:] += 1  # masks_to_boxes gives the last pixel's index
-    return boxes
 
 
 def apply_to_target(target: dict, geometry: Geometry, image_width: int) -> dict:

@@ -8,10 +8,23 @@ from typing import Iterator
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
+from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 
 from gdis.coco import DatasetError, annotation_mask, category_ids
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """xyxy boxes at pixel edges (so a one-pixel mask has a positive size) of binary (N, H, W) masks, on the
+    masks' device; an empty mask gets a zero box."""
+    boxes = torch.zeros((len(masks), 4), device=masks.device)
+    nonempty = masks.flatten(1).any(1)
+    if nonempty.any():
+        found = masks_to_boxes(masks[nonempty]).float()  # pixel indices of the extreme pixels
+        found[:, 2:] += 1
+        boxes[nonempty] = found
+    return boxes
 
 
 class CocoInstances(Dataset):

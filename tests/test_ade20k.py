@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 from gdis.ade20k import INSTANCE_CLASSES, instance_annotations, prepare_ade20k
 from gdis.check_dataset import check_dataset
 from gdis.coco import DatasetError, load_coco
-from gdis.config import ConfigError, dataset_paths, load_config, validate_config
+from gdis.config import ConfigError, dataset_paths, validate_config
 from gdis.download import DownloadError
 from gdis.evaluate import coco_metrics
 from tests.conftest import REPO

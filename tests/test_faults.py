@@ -46,7 +46,7 @@ from gdis.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from gdis.coco import DatasetError, encode_mask
 from gdis.config import ConfigError, load_config, validate_config
 from gdis.data import CocoInstances, read_image
-from gdis.io import OutputError, write_json, write_text
+from gdis.io import write_json, write_text
 from gdis.models import build_model
 from gdis.models.weights import load_backbone_state
 from gdis.splits import write_split
@@ -268,7 +268,7 @@ def test_bad_dataset_input(dataset, name, kind, breaker):
         assert kind in kinds and set(kinds) <= {kind, "unknown_image_id"}
         assert report["skipped_images"] == kinds.count(kind)
         assert finding["image_id"] == first_image["id"] or kind == "image_missing_field"
-        assert f"image {first_image['id']}" in finding["message"] or f"images[0]" in finding["message"]
+        assert f"image {first_image['id']}" in finding["message"] or "images[0]" in finding["message"]
         if kind in ("missing_file", "unreadable_file", "corrupt_image", "size_mismatch", "decompression_bomb"):
             assert finding["file"] == str(images / first_image["file_name"]) and finding["file"] in finding["message"]
         if kind == "decompression_bomb":
@@ -378,7 +378,7 @@ def test_fail_policy_through_the_cli_writes_no_report(dataset, tmp_path, capsys)
     code = main(["check-dataset", "--annotations", str(root / "annotations" / "train.json"), "--images",
                  str(root / "train"), "--report", str(report)])
     err = capsys.readouterr().err
-    assert code == 1 and f"gdis check-dataset: error: " in err
+    assert code == 1 and "gdis check-dataset: error: " in err
     assert f"image {coco['images'][1]['id']}: " in err and str(_image_file(root, coco, 1)) in err
     assert not report.exists()
     TALLY["bad dataset input"] += 1
@@ -869,7 +869,7 @@ def test_pipeline_handles_new_bad_inputs(workflow_copy, micro_dataset, name, kin
     failed = snakemake()
     assert failed.returncode != 0
     text = log.read_text()
-    assert "Traceback" not in text and f"gdis check-dataset: error: " in text
+    assert "Traceback" not in text and "gdis check-dataset: error: " in text
     assert f"image {image['id']}: " in text and says in text
     assert not (workflow_copy / "results" / "splits").exists()
 

@@ -8,7 +8,7 @@ import gdis.visualize
 from gdis.models import ARCH_BACKBONES, ARCHITECTURES, Mask2FormerSegmenter, MaskRCNNSegmenter, build_model
 from gdis.models.backbones import BACKBONES
 from gdis.models.interface import Segmenter
-from gdis.models.mask2former import mask_boxes
+from gdis.data import mask_boxes
 from gdis.models.mask_rcnn import BUILDERS
 from gdis.visualize import pseudo_label_gallery
 from tests.test_mask2former import MODEL as MASK2FORMER_MODEL

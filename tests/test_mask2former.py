@@ -172,7 +172,14 @@ def test_dinov2_weights_from_the_hugging_face_cache(tmp_path, monkeypatch):
     for key, value in published.state_dict().items():
         assert torch.equal(model.backbone.body.state_dict()[key], value), key
     assert model.weights == "pretrained"
-    assert [f.shape[-1] for f in model.backbone(torch.rand(1, 3, 64, 96))] == [24, 12, 6, 3]  # strides 4-32
+    seen = []
+    model.backbone.body.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["pixel_values"].shape),
+                                              with_kwargs=True)
+    features = model.backbone(torch.rand(1, 3, 64, 96))
+    # The reference's maps: the image up to a multiple of the 14-px patch (5 x 7 tokens), the token map
+    # resized to strides 4-32, 1x1 convolutions to 128-1024 channels.
+    assert seen == [torch.Size([1, 3, 70, 98])]
+    assert [tuple(f.shape[1:]) for f in features] == [(128, 16, 24), (256, 8, 12), (512, 4, 6), (1024, 2, 3)]
 
 
 def test_missing_hub_weights_name_the_file(tmp_path, monkeypatch):

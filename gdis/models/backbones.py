@@ -4,8 +4,8 @@
 - ``resnet50``: torchvision's ResNet-50, its batch norm and frozen stages as ``model.norm`` and
   ``model.frozen_stages`` say (``resnet50_body``; by default frozen statistics under pre-trained weights);
 - ``swin_tiny|small|base|large``: Hugging Face transformers' Swin, with a layer norm on each output;
-- ``dinov2_vits14|vitb14|vitl14``: Hugging Face transformers' DINOv2 ViT and a simple feature pyramid
-  (ViTDet style) that turns its single-scale output into the four scales the pixel decoder needs.
+- ``dinov2_vits14|vitb14|vitl14``: Hugging Face transformers' DINOv2 ViT, its single-scale patch tokens
+  resized to the four scales the pixel decoder needs, as the reference implementation does.
 
 Each backbone knows where its published pre-trained weights live: a torchvision file in the
 ``TORCH_HOME`` cache or a Hugging Face hub repository in the ``HF_HOME`` cache (see ``gdis.models.weights``).
@@ -28,7 +28,6 @@ from gdis.models.mask_rcnn import TINY_WIDTHS, TinyBody
 
 STAGES = {"stage1": "0", "stage2": "1", "stage3": "2", "stage4": "3"}
 RESNET_STAGES = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
-PYRAMID_CHANNELS = 256
 
 
 class ConvBackbone(nn.Module):
@@ -59,13 +58,18 @@ class SwinFeatures(nn.Module):
         return list(self.body(x).feature_maps)
 
 
-class ViTSimplePyramid(nn.Module):
-    """transformers' DINOv2 ViT with a simple feature pyramid to strides 4, 8, 16 and 32.
+class Dinov2Features(nn.Module):
+    """transformers' DINOv2 ViT, its patch tokens turned into maps at strides 4, 8, 16 and 32 as the reference does.
 
-    The image is resized by 14/16 before the 14-pixel patch embedding, so that each token covers
-    16 input pixels: the token grid is then the stride-16 map. Two transposed convolutions give
-    strides 8 and 4, a max-pool gives stride 32; each scale is projected to 256 channels.
+    As GuidedDistillation's ``DinoV2BaseBackbone`` / ``DinoV2LargeBackbone``
+    (mask2former/modeling/backbone/dinov2.py): the image is resized (nearest) up to a multiple of the 14-pixel
+    patch, the layer-normed patch tokens (``x_norm_patchtokens``; transformers' ``last_hidden_state``) form one
+    map, which is resized (nearest) to each stride's size and projected by a 1x1 convolution to 128, 256, 512
+    and 1024 channels (``base`` 128 times stride / 4). The reference adds a whole patch to a size already
+    divisible by 14; here such a size is kept.
     """
+
+    STRIDES = (4, 8, 16, 32)
 
     def __init__(self, hidden_size: int, num_layers: int, num_heads: int) -> None:
         super().__init__()
@@ -75,30 +79,18 @@ class ViTSimplePyramid(nn.Module):
         config = Dinov2Config(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
                               patch_size=14, image_size=518, layerscale_value=1.0)
         self.body = Dinov2Model(config)
-        self.patch_size = 14
-        half, quarter = hidden_size // 2, hidden_size // 4
-        self.to_stride4 = nn.Sequential(
-            nn.ConvTranspose2d(hidden_size, half, 2, stride=2), nn.GroupNorm(32, half), nn.GELU(),
-            nn.ConvTranspose2d(half, quarter, 2, stride=2),
-        )
-        self.to_stride8 = nn.ConvTranspose2d(hidden_size, half, 2, stride=2)
-        self.to_stride32 = nn.MaxPool2d(2)
-        self.projections = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, PYRAMID_CHANNELS, 1, bias=False), nn.GroupNorm(32, PYRAMID_CHANNELS),
-                          nn.Conv2d(PYRAMID_CHANNELS, PYRAMID_CHANNELS, 3, padding=1, bias=False),
-                          nn.GroupNorm(32, PYRAMID_CHANNELS))
-            for channels in (quarter, half, hidden_size, hidden_size)
-        )
-        self.channels = [PYRAMID_CHANNELS] * 4
+        self.patch_size = config.patch_size
+        self.channels = [128 * stride // 4 for stride in self.STRIDES]
+        self.projections = nn.ModuleList(nn.Conv2d(hidden_size, channels, 1) for channels in self.channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        grid_h, grid_w = x.shape[-2] // 16, x.shape[-1] // 16
-        x = F.interpolate(x, size=(grid_h * self.patch_size, grid_w * self.patch_size), mode="bilinear",
-                          align_corners=False)
-        tokens = self.body(pixel_values=x).last_hidden_state[:, 1:]  # drop the class token
-        stride16 = tokens.transpose(1, 2).reshape(x.shape[0], -1, grid_h, grid_w)
-        scales = (self.to_stride4(stride16), self.to_stride8(stride16), stride16, self.to_stride32(stride16))
-        return [projection(scale) for projection, scale in zip(self.projections, scales)]
+        height, width = x.shape[-2:]
+        grid = (-(-height // self.patch_size), -(-width // self.patch_size))
+        resized = F.interpolate(x, size=(grid[0] * self.patch_size, grid[1] * self.patch_size))
+        tokens = self.body(pixel_values=resized).last_hidden_state[:, 1:]  # drop the class token
+        token_map = tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+        return [projection(F.interpolate(token_map, size=(height // stride, width // stride)))
+                for projection, stride in zip(self.projections, self.STRIDES)]
 
 
 @dataclass(frozen=True)
@@ -215,7 +207,7 @@ def _swin(embed_dim, depths, num_heads, window_size, image_size):
 
 
 def _dinov2(hidden_size, num_layers, num_heads):
-    return lambda model_config: ViTSimplePyramid(hidden_size, num_layers, num_heads)
+    return lambda model_config: Dinov2Features(hidden_size, num_layers, num_heads)
 
 
 BACKBONES = {

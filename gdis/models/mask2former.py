@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import masks_to_boxes
 
+from gdis.data import mask_boxes
 from gdis.models.backbones import BACKBONES, build_backbone
 from gdis.models.interface import KEPT
 from gdis.models.weights import (load_matching_state, load_transformers_weights, resolve_hub_weights,
@@ -108,17 +108,6 @@ def resized_size(height: int, width: int, short_side: int, max_size: int) -> tup
 
 def padded(size: int) -> int:
     return -(-size // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
-
-
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """xyxy boxes (pixel edges) of binary masks (N, H, W), on the CPU; an empty mask gets a zero box."""
-    boxes = torch.zeros((len(masks), 4))
-    nonempty = masks.flatten(1).any(1).cpu()
-    if nonempty.any():
-        found = masks_to_boxes(masks[nonempty.to(masks.device)]).cpu()  # pixel indices of the extreme pixels
-        found[:, 2:] += 1  # -> pixel edges, as gdis.models.mask_rcnn.filter_pseudo_labels
-        boxes[nonempty] = found
-    return boxes
 
 
 def instance_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, top_k: int) -> dict:

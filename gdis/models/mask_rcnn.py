@@ -19,8 +19,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import MultiScaleRoIAlign, masks_to_boxes
+from torchvision.ops import MultiScaleRoIAlign
 
+from gdis.data import mask_boxes
 from gdis.models.weights import load_backbone_state, resolve_torchvision_weights
 
 TINY_WIDTHS = (32, 64, 96, 128)
@@ -303,10 +304,8 @@ def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshol
     labels = prediction["labels"][keep]
     large = binary.flatten(1).sum(1) >= max(min_area, 1)
     binary, labels, probabilities = binary[large], labels[large], probabilities[large]
-    boxes = masks_to_boxes(binary) if len(binary) else torch.zeros((0, 4), device=binary.device)
-    boxes[:, 2:] += 1  # pixel indices -> pixel edges, so a one-pixel mask has a positive size
     masks = probabilities.float() if soft else binary.to(torch.uint8)
-    return {"boxes": boxes, "labels": labels, "masks": masks}
+    return {"boxes": mask_boxes(binary), "labels": labels, "masks": masks}
 
 
 
