@@ -167,7 +167,7 @@ def test_dry_run_plans_the_dinov2_and_swin_presets(workflow_copy):
     (workflow_copy / "networks.yaml").write_text(f"networks: [{', '.join(networks)}]\n")
     out = _dry_run(workflow_copy, "-p", "results/tables/coco.csv", "--configfile", "networks.yaml")
     for network in networks:
-        assert f"results/eval/coco/{network}/guided_distillation/10pct/fold1/ema_teacher.json" in out
+        assert f"results/eval/coco/{network}/guided_distillation/10pct/fold1/metrics.json" in out
         assert f"config/datasets/coco.yaml config/networks/{network}.yaml networks.yaml --method supervised " in out
 
 
