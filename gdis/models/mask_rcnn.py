@@ -273,10 +273,7 @@ class MaskRCNNSegmenter(nn.Module):
     def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict, short_side: int | None = None) -> list[dict]:
         """Targets for the student from this (teacher) network's detections on ``images`` (train.pseudo_label keys)."""
         score, mask, area = thresholds["score_threshold"], thresholds["mask_threshold"], thresholds["min_area"]
-        mask_target = thresholds.get("mask_target", "binary")
-        if mask_target not in MASK_TARGETS:
-            raise ValueError(f"train.pseudo_label.mask_target: {mask_target!r} is not made by Mask R-CNN "
-                             f"(choose from {', '.join(MASK_TARGETS)})")
+        mask_target = thresholds.get("mask_target", "binary")  # checked by gdis.trainer.check_unlabeled_recipe
         predictions = self.predict(images, score_threshold=score, short_side=short_side)
         return [filter_pseudo_labels(p, score, mask, area, soft=mask_target == "soft") for p in predictions]
 
