@@ -13,6 +13,7 @@ import yaml
 from gdis.distill import DISTILLATION_METHODS, METHODS, SUPERVISED
 from gdis.models import (
     ARCH_BACKBONES,  # arch -> backbone names; the schema's enums repeat them (tests/test_config.py)
+    ARCHITECTURES,
 )
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
@@ -168,6 +169,10 @@ def _training_problems(config: dict) -> list[str]:
     if augment["blur_sigma"][0] > augment["blur_sigma"][1]:
         problems.append(f"train.augment.blur_sigma: {augment['blur_sigma']} must be [low, high] with low <= high")
     distilling = any(method in DISTILLATION_METHODS for method in config["methods"])
+    mask_target, arch = train["pseudo_label"]["mask_target"], config["model"]["arch"]
+    if mask_target not in ARCHITECTURES[arch].mask_targets:
+        problems.append(f"train.pseudo_label.mask_target: '{mask_target}' is not made by model.arch '{arch}' "
+                        f"(choose from {', '.join(ARCHITECTURES[arch].mask_targets)})")
     if distilling and train["pseudo_label"]["score_threshold"] >= 1:
         problems.append(f"train.pseudo_label.score_threshold: {train['pseudo_label']['score_threshold']} keeps no "
                         "detection (scores are below 1), so distillation would have no targets")

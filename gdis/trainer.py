@@ -88,15 +88,6 @@ def weighted_unlabeled_loss(terms: dict[str, torch.Tensor], kinds: dict[str, str
     return total
 
 
-def check_unlabeled_recipe(student: torch.nn.Module, train: dict) -> None:
-    """A ValueError naming the key when ``train.pseudo_label.mask_target`` asks for what ``student``'s
-    architecture does not make."""
-    mask_target = train["pseudo_label"]["mask_target"]
-    if mask_target not in student.mask_targets:
-        raise ValueError(f"train.pseudo_label.mask_target: {mask_target!r} is not made by {type(student).__name__} "
-                         f"(choose from {', '.join(student.mask_targets)})")
-
-
 def binarised(targets: list[dict], mask_threshold: float) -> list[dict]:
     """Pseudo-labels with float (soft) masks binarised at ``mask_threshold``, e.g. to measure their quality."""
     return [{**target, "masks": (target["masks"] > mask_threshold).to(torch.uint8)}
@@ -130,8 +121,6 @@ class Trainer:
         self.work_dir = self.out_dir / "work"
         self.run_info = run_info or {}
         self.student, self.teacher = parts.student, parts.teacher
-        if self.teacher is not None:
-            check_unlabeled_recipe(self.student, self.train)
         self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
         self.student_losses = distributed.data_parallel(StudentLosses(self.student, self.train["shared_backbone"]),
                                                         self.world)

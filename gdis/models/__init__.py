@@ -19,11 +19,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Architecture:
-    """One model.arch: the module and class that build it, and the names of its backbones."""
+    """One model.arch: the module and class that build it, the names of its backbones and the
+    train.pseudo_label.mask_target values its ``pseudo_labels`` makes."""
 
     module: str
     segmenter: str
     backbones: tuple[str, ...]
+    mask_targets: tuple[str, ...]
 
     def builder(self) -> type:
         """The segmenter class, called as ``builder()(num_classes, model_config)``."""
@@ -32,10 +34,12 @@ class Architecture:
 
 ARCHITECTURES = {
     # Backbone names: the keys of gdis.models.mask_rcnn.BUILDERS and of gdis.models.backbones.BACKBONES.
-    "mask_rcnn": Architecture("gdis.models.mask_rcnn", "MaskRCNNSegmenter", ("tiny", "resnet50_fpn")),
+    "mask_rcnn": Architecture("gdis.models.mask_rcnn", "MaskRCNNSegmenter", ("tiny", "resnet50_fpn"),
+                              mask_targets=("binary", "soft")),
     "mask2former": Architecture("gdis.models.mask2former", "Mask2FormerSegmenter",
                                 ("tiny", "resnet50", "swin_tiny", "swin_small", "swin_base", "swin_large",
-                                 "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14")),
+                                 "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"),
+                                mask_targets=("binary", "soft", "coarse_binary")),
 }
 ARCH_BACKBONES = {name: arch.backbones for name, arch in ARCHITECTURES.items()}
 
