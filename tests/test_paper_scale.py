@@ -109,7 +109,7 @@ def _gdis_train(config: list[str], method: str, split_dir: Path, images: Path, o
     command = [sys.executable, "-m", "gdis.cli", "train", "--config", *config, "--method", method,
                "--label-percent", "50", "--fold", "1", *train_file_args(split_dir, images), *extra,
                "--out-dir", str(out_dir)]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
 
 
