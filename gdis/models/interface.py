@@ -28,7 +28,6 @@ class Segmenter(Protocol):
     weights: str  # where the backbone's weights came from: "random", "imagenet", "pretrained" or a file
     rejection_reasons: tuple[str, ...]  # the ways ``explain_pseudo_labels`` can reject a detection, in test order
     loss_kinds: dict[str, str]  # each term ``losses`` returns -> its kind (train.unlabeled_loss_weights keys)
-    mask_targets: tuple[str, ...]  # the train.pseudo_label.mask_target values ``pseudo_labels`` makes
 
     def losses(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         """Training losses on ``images`` with ``targets`` (boxes, labels, masks), by name."""

@@ -18,7 +18,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from gdis.data import mask_boxes
-from gdis.models import ARCHITECTURES
 from gdis.models.backbones import BACKBONES, build_backbone
 from gdis.models.interface import KEPT
 from gdis.models.weights import (load_matching_state, load_transformers_weights, resolve_hub_weights,
@@ -181,7 +180,6 @@ class Mask2FormerSegmenter(nn.Module):
 
     rejection_reasons = ("no_object", "score", "mask_sum")  # the tests of pseudo_label_query_tests
     loss_kinds = LOSS_KINDS
-    mask_targets = ARCHITECTURES["mask2former"].mask_targets
 
     def __init__(self, num_classes: int, model_config: dict) -> None:
         super().__init__()
@@ -314,7 +312,7 @@ class Mask2FormerSegmenter(nn.Module):
         mask (``pseudo_label_masks``, by ``train.pseudo_label.mask_target``) is by default its logits,
         resized to the image as at inference, with sigmoid > mask_threshold.
         """
-        mask_target = thresholds.get("mask_target", "binary")  # model.arch's registry entry lists it (gdis.config)
+        mask_target = thresholds.get("mask_target", "binary")  # gdis.config checks it against ARCHITECTURES
         class_logits, mask_logits, padded_size, sizes = self._query_outputs(images, short_side)
         targets = []
         for image, classes, masks, size in zip(images, class_logits, mask_logits, sizes):

@@ -22,7 +22,6 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from torchvision.ops import MultiScaleRoIAlign
 
 from gdis.data import mask_boxes
-from gdis.models import ARCHITECTURES
 from gdis.models.weights import load_backbone_state, resolve_torchvision_weights
 
 TINY_WIDTHS = (32, 64, 96, 128)
@@ -193,7 +192,6 @@ class MaskRCNNSegmenter(nn.Module):
 
     rejection_reasons = ("score", "area")  # see pseudo_label_decisions
     loss_kinds = LOSS_KINDS
-    mask_targets = ARCHITECTURES["mask_rcnn"].mask_targets
 
     def __init__(self, num_classes: int, model_config: dict) -> None:
         super().__init__()
@@ -273,7 +271,7 @@ class MaskRCNNSegmenter(nn.Module):
     def pseudo_labels(self, images: list[torch.Tensor], thresholds: dict, short_side: int | None = None) -> list[dict]:
         """Targets for the student from this (teacher) network's detections on ``images`` (train.pseudo_label keys)."""
         score, mask, area = thresholds["score_threshold"], thresholds["mask_threshold"], thresholds["min_area"]
-        mask_target = thresholds.get("mask_target", "binary")  # model.arch's registry entry lists it (gdis.config)
+        mask_target = thresholds.get("mask_target", "binary")  # gdis.config checks it against ARCHITECTURES
         predictions = self.predict(images, score_threshold=score, short_side=short_side)
         return [filter_pseudo_labels(p, score, mask, area, soft=mask_target == "soft") for p in predictions]
 
