@@ -12,7 +12,7 @@ so a recipe is exactly a config change a user could make. Per (dataset, network,
   (``gdis.splits.write_configured_split``);
 - supervised runs at each percentage and at 100 % are trained once and shared by every recipe whose
   model and training config differ from another's only in what supervised training does not read
-  (``SUPERVISED_IGNORES``);
+  (``SUPERVISED_IGNORES``), or in where the guided switch is (``supervised_config``);
 - guided distillation (and, for the recipes named by ``--standard-burnin``, standard burn-in, continuing
   the shared supervised run from its burn_in.pt) is trained per recipe;
 - each run is evaluated on the val set (``gdis.evaluate.evaluate_network``): the student, the EMA teacher of
@@ -100,6 +100,18 @@ def run_config(dataset: str, network: str, overlays: list[dict], seed: int) -> d
     if config["dataset"]["name"] != dataset:
         raise ValueError(f"the overlays renamed dataset {dataset!r} to {config['dataset']['name']!r}")
     return config
+
+
+def supervised_config(config: dict, plain: dict, standard_burnin: bool) -> dict:
+    """What a recipe's supervised runs train with: its ``config``, with the switch (``train.burn_in``) of
+    ``plain`` (the config without the recipe) unless standard burn-in is studied. The switch only places the
+    supervised run's burn_in.pt, which standard burn-in alone reads: recipes that move it share the supervised
+    runs of the plain config instead of retraining identical ones."""
+    from gdis.config import deep_merge
+
+    if standard_burnin:
+        return config
+    return deep_merge(config, {"train": {"burn_in": plain["train"]["burn_in"]}})
 
 
 def without(section: dict, paths: tuple[tuple[str, ...], ...]) -> dict:
@@ -297,6 +309,7 @@ class Cell:
     recipe: str
     seed: int
     config: dict
+    supervised_config: dict  # what the cell's supervised runs train with (shared between recipes)
     runs: dict = field(default_factory=dict)
 
 
@@ -354,12 +367,13 @@ class Study:
             split = self.split_dir(config, data, percent)
             files = {"labeled": str(split / "labeled.json"), "unlabeled": str(split / "unlabeled.json"),
                      "images": str(data["train_images"]), "backbone_weights": weights}
-            supervised_train = without(canonical(config, "train"), SUPERVISED_IGNORES)
+            supervised_config = cell.supervised_config
+            supervised_train = without(canonical(supervised_config, "train"), SUPERVISED_IGNORES)
             supervised_key = digest(SUPERVISED, config["dataset"], config["splits"], percent,
                                     canonical(config, "model"), supervised_train, weights_digest)
             self._add(Job(key=supervised_key, method=SUPERVISED, run_dir=self._run_dir(cell, SUPERVISED, percent,
                                                                                         supervised_key),
-                          config=config, files=files, val_annotations=str(data["val_annotations"]),
+                          config=supervised_config, files=files, val_annotations=str(data["val_annotations"]),
                           val_images=str(data["val_images"]), evaluate=["student"],
                           estimate=config["train"]["iterations"] * (2 if arch == "mask_rcnn" else 1),
                           priority=priority))
@@ -631,7 +645,9 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in args.seeds:
                     overlays = [*base, network_overlays.get(network, {}), overlay]
                     config = run_config(dataset, network, overlays, seed)
-                    cell = Cell(dataset, network, recipe, seed, config)
+                    plain = run_config(dataset, network, overlays[:-1], seed)
+                    supervised = supervised_config(config, plain, recipe in args.standard_burnin)
+                    cell = Cell(dataset, network, recipe, seed, config, supervised)
                     study.add_cell(cell, list(args.percents), args.methods, recipe in args.standard_burnin,
                                    args.student_at_burn_in, args.full, priority)
     if args.plan_only:

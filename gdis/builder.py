@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,20 @@ def annotated_images(coco: dict) -> dict:
     return {**coco, "images": kept}
 
 
+def check_query_capacity(model_config: dict, coco: dict) -> None:
+    """Mask2Former matches each instance of an image to a query of its own (Hungarian matching): an image with
+    more instances than ``model.mask2former.num_queries`` would leave the rest unlearnt, without a word."""
+    if model_config["arch"] != "mask2former":
+        return
+    queries = model_config["mask2former"]["num_queries"]
+    instances = Counter(ann["image_id"] for ann in coco["annotations"] if not ann.get("iscrowd", 0))
+    image_id, most = max(instances.items(), key=lambda item: item[1], default=(None, 0))
+    if most > queries:
+        raise ValueError(f"model.mask2former.num_queries is {queries}, but labelled image {image_id} has {most} "
+                         f"instances: {most - queries} of them could never be matched to a query and learnt. Set "
+                         f"model.mask2former.num_queries to at least {most} (the paper's is 100)")
+
+
 def build_run(config: dict, method: str, files: RunFiles, world: distributed.World) -> RunParts:
     """The parts of one run of ``method``; the order of random draws is part of a run's reproducibility."""
     train = config["train"]
@@ -85,6 +100,7 @@ def build_run(config: dict, method: str, files: RunFiles, world: distributed.Wor
         raise ValueError(f"--burn-in-checkpoint is for methods that continue a supervised run, not {method}")
 
     labeled_coco = load_coco(files.labeled)
+    check_query_capacity(config["model"], labeled_coco)
     categories = category_ids(labeled_coco)
     if train["drop_empty_labeled_images"]:
         labeled_coco = annotated_images(labeled_coco)

@@ -173,6 +173,13 @@ def _training_problems(config: dict) -> list[str]:
     if mask_target not in ARCHITECTURES[arch].mask_targets:
         problems.append(f"train.pseudo_label.mask_target: '{mask_target}' is not made by model.arch '{arch}' "
                         f"(choose from {', '.join(ARCHITECTURES[arch].mask_targets)})")
+    ignore, score = train["pseudo_label"]["ignore_threshold"], train["pseudo_label"]["score_threshold"]
+    if ignore is not None and not ARCHITECTURES[arch].ignores_uncertain:
+        problems.append(f"train.pseudo_label.ignore_threshold: model.arch '{arch}' has no background to leave "
+                        "uncertain detections out of (set it to null)")
+    if ignore is not None and ignore >= score:
+        problems.append(f"train.pseudo_label.ignore_threshold: {ignore} must be below train.pseudo_label."
+                        f"score_threshold ({score}): detections scoring between the two are ignored")
     if distilling and train["pseudo_label"]["score_threshold"] >= 1:
         problems.append(f"train.pseudo_label.score_threshold: {train['pseudo_label']['score_threshold']} keeps no "
                         "detection (scores are below 1), so distillation would have no targets")

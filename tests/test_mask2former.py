@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from gdis.builder import check_query_capacity
 from gdis.config import ARCH_BACKBONES, ConfigError, deep_merge, read_yaml, validate_config
 from gdis.models import build_model
 from gdis.models.backbones import BACKBONES
@@ -119,6 +120,16 @@ def test_images_without_pseudo_labels_still_train_no_object(model):
     losses = model.losses([torch.rand(3, 64, 64)], [empty])
     assert float(losses["loss_cross_entropy"]) > 0 and float(losses["loss_mask"]) == 0
     sum(losses.values()).backward()
+
+
+def test_more_instances_in_a_labelled_image_than_queries_is_refused_naming_the_key_and_image():
+    queries = MODEL["mask2former"]["num_queries"]
+    annotations = [{"image_id": 7, "iscrowd": 0} for _ in range(queries + 3)] + [{"image_id": 8, "iscrowd": 0}]
+    with pytest.raises(ValueError, match=rf"num_queries is {queries}, but labelled image 7 has {queries + 3} "):
+        check_query_capacity(MODEL, {"annotations": annotations})
+    crowd_aside = annotations[:queries] + [{"image_id": 7, "iscrowd": 1}] * 3
+    check_query_capacity(MODEL, {"annotations": crowd_aside})  # crowd regions are not matched to queries
+    check_query_capacity({**MODEL, "arch": "mask_rcnn"}, {"annotations": annotations})  # proposals, not queries
 
 
 # -- inference -------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,3 +164,23 @@ def test_measure_views_follows_the_view_geometry(tmp_path):
 def test_hidden_truth_refuses_other_categories(tmp_path):
     with pytest.raises(ValueError, match="other categories"):
         HiddenGroundTruth(_annotations(tmp_path), [7])
+
+
+def test_score_threshold_table_counts_matched_predictions_above_each_threshold():
+    from benchmarks.score_thresholds import markdown, threshold_table
+
+    square = np.zeros((32, 32), dtype=np.uint8)
+    square[4:20, 4:20] = 1
+    other = np.zeros((32, 32), dtype=np.uint8)
+    other[22:30, 22:30] = 1
+    coco = {"images": [{"id": 1, "height": 32, "width": 32}, {"id": 2, "height": 32, "width": 32}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": encode_mask(square)},
+                            {"id": 2, "image_id": 2, "category_id": 1, "segmentation": encode_mask(other)}]}
+    predictions = [{"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": encode_mask(square)},
+                   {"image_id": 2, "category_id": 2, "score": 0.5, "segmentation": encode_mask(other)},  # wrong class
+                   {"image_id": 2, "category_id": 1, "score": 0.3, "segmentation": encode_mask(other)}]
+    low, middle, high = threshold_table(coco, predictions, (0.2, 0.4, 0.95))
+    assert (low["per_image"], low["precision"], low["recall"]) == (1.5, pytest.approx(2 / 3), 1.0)
+    assert (middle["per_image"], middle["precision"], middle["recall"]) == (1.0, 0.5, 0.5)
+    assert (high["per_image"], high["precision"], high["recall"]) == (0.0, None, 0.0)
+    assert "| 0.95 | 0.00 | – | 0.00 |" in markdown([low, middle, high])

@@ -1,5 +1,5 @@
 """The distillation recipe's options (issue 16): soft or coarse pseudo-masks, unlabelled loss weights by kind,
-where Mask R-CNN pastes its masks.
+where Mask R-CNN pastes its masks, uncertain detections left out of the background.
 
 Each option leaves the default behaviour exactly as it was; each reaches the loss as documented.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 from torchvision.models.detection import roi_heads
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import box_iou
 
 from gdis.config import ConfigError, deep_merge, read_yaml, validate_config
 from gdis.models import build_model
@@ -16,6 +18,7 @@ from gdis.models.mask2former import Mask2FormerSegmenter, pseudo_label_masks
 from gdis.models.mask_rcnn import (
     FloatMaskTransform,
     filter_pseudo_labels,
+    ignore_background,
     paste_masks,
     resize_float_masks,
 )
@@ -45,6 +48,7 @@ def test_defaults_are_the_papers_recipe():
     train = MASK_RCNN["train"]
     assert train["pseudo_label"]["mask_target"] == "binary"
     assert train["unlabeled_loss_weights"] == {"class": 1.0, "box": 1.0, "mask": 1.0, "rpn": 1.0}
+    assert train["pseudo_label"]["ignore_threshold"] is None
 
 
 @pytest.mark.parametrize("train, key", [
@@ -62,6 +66,15 @@ def test_a_mask_target_the_architecture_does_not_make_is_refused():
     with pytest.raises(ConfigError, match=r"train\.pseudo_label\.mask_target: 'coarse_binary' .* 'mask_rcnn'"):
         validate_config(deep_merge(MASK_RCNN, coarse))
     validate_config(deep_merge(MASK2FORMER, coarse))
+
+
+def test_an_ignore_threshold_must_be_below_the_score_threshold_and_for_mask_rcnn():
+    band = {"train": {"pseudo_label": {"ignore_threshold": 0.3}}}
+    assert validate_config(deep_merge(MASK_RCNN, band))["train"]["pseudo_label"]["ignore_threshold"] == 0.3
+    with pytest.raises(ConfigError, match=r"ignore_threshold: 0\.7 must be below .*score_threshold \(0\.7\)"):
+        validate_config(deep_merge(MASK_RCNN, {"train": {"pseudo_label": {"ignore_threshold": 0.7}}}))
+    with pytest.raises(ConfigError, match=r"train\.pseudo_label\.ignore_threshold: model\.arch 'mask2former'"):
+        validate_config(deep_merge(MASK2FORMER, band))
 
 
 def test_every_loss_term_has_a_kind_the_config_names():
@@ -209,6 +222,60 @@ def test_mask2former_learns_soft_targets(monkeypatch):
 def split_dir(micro_dataset, tmp_path):
     write_split(micro_dataset / "annotations" / "train.json", tmp_path / "split", 25, fold=1, seed=0)
     return tmp_path / "split"
+
+
+# -- uncertain detections left out of the background (train.pseudo_label.ignore_threshold) -----------------
+def test_uncertain_detections_become_ignore_boxes_and_the_confident_ones_pseudo_labels():
+    masks = torch.zeros((3, 32, 32))
+    masks[:, 4:20, 4:20] = 0.9
+    boxes = torch.tensor([[4.0, 4.0, 20.0, 20.0], [0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 30.0, 30.0]])
+    prediction = {"scores": torch.tensor([0.9, 0.5, 0.2]), "labels": torch.tensor([1, 2, 1]), "masks": masks,
+                  "boxes": boxes}
+    paper = filter_pseudo_labels(prediction, 0.7, 0.5, 10)
+    band = filter_pseudo_labels(prediction, 0.7, 0.5, 10, ignore_threshold=0.3)
+    assert "ignore_boxes" not in paper
+    assert torch.equal(band["ignore_boxes"], boxes[1:2])  # 0.5 is uncertain; 0.2 is background as before
+    assert all(torch.equal(band[key], paper[key]) for key in paper)
+
+
+def test_only_background_overlapping_an_ignore_box_is_ignored():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [40.0, 40.0, 50.0, 50.0]])
+    labels = torch.tensor([0, 3, 0])
+    ignore_background(labels, boxes, torch.tensor([[0.0, 0.0, 10.0, 10.0]]), 0.5)
+    assert labels.tolist() == [-1, 3, 0]  # a pseudo-label's match stays; far background stays background
+    ignore_background(labels, boxes, torch.zeros((0, 4)), 0.5)
+    assert labels.tolist() == [-1, 3, 0]
+
+
+def test_the_transform_resizes_ignore_boxes_with_the_image():
+    transform = FloatMaskTransform.like(build_model(MASK_RCNN["model"], 2).net.transform)
+    transform.min_size = (128,)
+    target = {**_target(_square_masks()), "ignore_boxes": torch.tensor([[10.0, 12.0, 20.0, 30.0]])}
+    _, resized = transform.resize(torch.rand(3, 64, 64), dict(target))
+    assert torch.allclose(resized["ignore_boxes"], torch.tensor([[20.0, 24.0, 40.0, 60.0]]))
+    assert torch.allclose(resized["boxes"], target["boxes"] * 2)
+
+
+def test_proposals_and_anchors_on_an_ignore_box_are_sampled_as_neither_object_nor_background():
+    torch.manual_seed(0)
+    net = build_model(MASK_RCNN["model"], 2).net
+    pseudo = {"boxes": torch.tensor([[4.0, 4.0, 24.0, 24.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros((1, 64, 64), dtype=torch.uint8)}
+    uncertain = torch.tensor([[36.0, 36.0, 60.0, 60.0]])
+    proposals = [torch.tensor([[36.0, 36.0, 60.0, 60.0], [37.0, 35.0, 59.0, 61.0], [0.0, 40.0, 20.0, 60.0]])]
+
+    def background_on_the_uncertain_object(target: dict) -> tuple[int, int]:
+        kept, _, labels, _ = net.roi_heads.select_training_samples([p.clone() for p in proposals], [target])
+        on_it = box_iou(kept[0], uncertain)[:, 0] >= 0.5
+        image = ImageList(torch.zeros((1, 3, 64, 64)), [(64, 64)])
+        features = [torch.zeros((1, 64, 64 // stride, 64 // stride)) for stride in (4, 8, 16, 32, 64)]
+        anchors = net.rpn.anchor_generator(image, features)
+        anchor_labels, _ = net.rpn.assign_targets_to_anchors(anchors, [target])
+        anchors_on_it = box_iou(anchors[0], uncertain)[:, 0] >= 0.3
+        return int(((labels[0] == 0) & on_it).sum()), int(((anchor_labels[0] == 0) & anchors_on_it).sum())
+
+    assert min(background_on_the_uncertain_object(pseudo)) > 0  # the paper's rule: taught as background
+    assert background_on_the_uncertain_object({**pseudo, "ignore_boxes": uncertain}) == (0, 0)
 
 
 def test_guided_steps_without_the_mask_term_and_with_soft_masks(micro_config, split_dir, micro_dataset, tmp_path):

@@ -76,3 +76,17 @@ def test_summary_takes_the_better_of_student_and_ema_per_seed_then_averages():
     assert mean == pytest.approx(0.3375) and std == pytest.approx(0.053033, abs=1e-6)
     assert entry["best"][0] == pytest.approx(14.0)
     assert "| d | n | r | 5 | 0,1 |" in study.markdown([], [entry], "t")
+
+
+def test_a_recipe_moving_the_switch_shares_the_supervised_run_unless_standard_burnin_is_studied():
+    plain = study.run_config("shapes", "mask_rcnn_tiny", [], 0)
+    later = study.run_config("shapes", "mask_rcnn_tiny", [{"train": {"burn_in": 220}}], 0)
+
+    def supervised_part(config, standard_burnin):
+        shared = study.supervised_config(config, plain, standard_burnin)
+        return study.without(study.canonical(shared, "train"), study.SUPERVISED_IGNORES)
+
+    assert supervised_part(later, standard_burnin=False) == supervised_part(plain, standard_burnin=False)
+    # standard burn-in continues the supervised run from its burn_in.pt: the switch is then part of the run
+    assert supervised_part(later, standard_burnin=True) != supervised_part(plain, standard_burnin=True)
+    assert study.supervised_config(later, plain, False)["train"]["lr"] == later["train"]["lr"]

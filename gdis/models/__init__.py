@@ -19,13 +19,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Architecture:
-    """One model.arch: the module and class that build it, the names of its backbones and the
-    train.pseudo_label.mask_target values its ``pseudo_labels`` makes."""
+    """One model.arch: the module and class that build it, the names of its backbones, the
+    train.pseudo_label.mask_target values its ``pseudo_labels`` makes and whether its training can leave
+    uncertain detections out of the background (train.pseudo_label.ignore_threshold)."""
 
     module: str
     segmenter: str
     backbones: tuple[str, ...]
     mask_targets: tuple[str, ...]
+    ignores_uncertain: bool = False
 
     def builder(self) -> type:
         """The segmenter class, called as ``builder()(num_classes, model_config)``."""
@@ -35,7 +37,7 @@ class Architecture:
 ARCHITECTURES = {
     # Backbone names: the keys of gdis.models.mask_rcnn.BUILDERS and of gdis.models.backbones.BACKBONES.
     "mask_rcnn": Architecture("gdis.models.mask_rcnn", "MaskRCNNSegmenter", ("tiny", "resnet50_fpn"),
-                              mask_targets=("binary", "soft")),
+                              mask_targets=("binary", "soft"), ignores_uncertain=True),
     "mask2former": Architecture("gdis.models.mask2former", "Mask2FormerSegmenter",
                                 ("tiny", "resnet50", "swin_tiny", "swin_small", "swin_base", "swin_large",
                                  "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"),

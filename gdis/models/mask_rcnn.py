@@ -17,9 +17,10 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from gdis.data import mask_boxes
 from gdis.models.weights import load_backbone_state, resolve_torchvision_weights
@@ -115,6 +116,47 @@ LOSS_KINDS = {"loss_classifier": "class", "loss_box_reg": "box", "loss_mask": "m
               "loss_rpn_box_reg": "rpn"}
 
 
+def ignore_background(labels: torch.Tensor, boxes: torch.Tensor, ignore_boxes: torch.Tensor | None, iou: float) -> None:
+    """Marks -1 (sampled as neither object nor background) the background ``labels`` (0) of ``boxes`` that
+    overlap one of ``ignore_boxes`` at IoU >= ``iou``; in place."""
+    if ignore_boxes is None or not len(ignore_boxes) or not len(boxes):
+        return
+    overlapping = box_iou(boxes, ignore_boxes.to(boxes.dtype)).amax(1) >= iou
+    labels[(labels == 0) & overlapping] = -1
+
+
+class IgnoringRPN(RegionProposalNetwork):
+    """torchvision's RPN, whose anchors overlapping a target's ``ignore_boxes`` at or above the background
+    threshold (0.3) are left out of the sampled objectness loss, as the anchors between its two thresholds are."""
+
+    def assign_targets_to_anchors(self, anchors, targets):
+        labels, matched_boxes = super().assign_targets_to_anchors(anchors, targets)
+        for labels_in_image, anchors_in_image, target in zip(labels, anchors, targets):
+            ignore_background(labels_in_image, anchors_in_image, target.get("ignore_boxes"),
+                              self.proposal_matcher.low_threshold)
+        return labels, matched_boxes
+
+
+class IgnoringRoIHeads(RoIHeads):
+    """torchvision's ROI heads, whose background proposals overlapping a target's ``ignore_boxes`` (IoU >= 0.5,
+    where a proposal stops being background) are left out of the sampled classification loss."""
+
+    _ignore_boxes: list | None = None
+
+    def select_training_samples(self, proposals, targets):
+        self._ignore_boxes = [target.get("ignore_boxes") for target in targets]
+        try:
+            return super().select_training_samples(proposals, targets)
+        finally:
+            self._ignore_boxes = None
+
+    def assign_targets_to_proposals(self, proposals, gt_boxes, gt_labels):
+        matched_idxs, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
+        for labels_in_image, proposals_in_image, ignore in zip(labels, proposals, self._ignore_boxes or []):
+            ignore_background(labels_in_image, proposals_in_image, ignore, self.proposal_matcher.low_threshold)
+        return matched_idxs, labels
+
+
 class FloatMaskTransform(GeneralizedRCNNTransform):
     """torchvision's resize, batching and post-processing, keeping float target masks (soft pseudo-labels) as
     floats, and pasting predicted masks as ``model.mask_paste`` says.
@@ -146,11 +188,17 @@ class FloatMaskTransform(GeneralizedRCNNTransform):
         return result
 
     def resize(self, image: torch.Tensor, target: dict | None = None):
-        if target is None or "masks" not in target or not target["masks"].is_floating_point():
+        if target is None:
             return super().resize(image, target)
-        masks = target.pop("masks")  # the forward resizes a copy of each target dict
+        original_size = tuple(image.shape[-2:])
+        # the forward resizes a copy of each target dict: popping leaves the caller's intact
+        ignore_boxes = target.pop("ignore_boxes", None)
+        float_masks = target.pop("masks") if "masks" in target and target["masks"].is_floating_point() else None
         image, target = super().resize(image, target)
-        target["masks"] = resize_float_masks(masks, tuple(image.shape[-2:]))
+        if float_masks is not None:
+            target["masks"] = resize_float_masks(float_masks, tuple(image.shape[-2:]))
+        if ignore_boxes is not None:
+            target["ignore_boxes"] = resize_boxes(ignore_boxes, original_size, tuple(image.shape[-2:]))
         return image, target
 
 
@@ -198,6 +246,10 @@ class MaskRCNNSegmenter(nn.Module):
         self.backbone_name = model_config["backbone"]
         self.net = BUILDERS[self.backbone_name](num_classes, model_config)
         self.net.transform = FloatMaskTransform.like(self.net.transform, model_config["mask_paste"])
+        # The subclasses add methods only (targets' ignore_boxes, train.pseudo_label.ignore_threshold): switching
+        # the built instances' classes keeps torchvision's construction of them.
+        self.net.rpn.__class__ = IgnoringRPN
+        self.net.roi_heads.__class__ = IgnoringRoIHeads
         self.train_sizes = tuple(model_config["min_size"])
         self.test_size = model_config["test_size"]
         self.weights = "random"
@@ -272,8 +324,10 @@ class MaskRCNNSegmenter(nn.Module):
         """Targets for the student from this (teacher) network's detections on ``images`` (train.pseudo_label keys)."""
         score, mask, area = thresholds["score_threshold"], thresholds["mask_threshold"], thresholds["min_area"]
         mask_target = thresholds.get("mask_target", "binary")  # gdis.config checks it against ARCHITECTURES
-        predictions = self.predict(images, score_threshold=score, short_side=short_side)
-        return [filter_pseudo_labels(p, score, mask, area, soft=mask_target == "soft") for p in predictions]
+        ignore = thresholds.get("ignore_threshold")
+        predictions = self.predict(images, score_threshold=score if ignore is None else ignore, short_side=short_side)
+        return [filter_pseudo_labels(p, score, mask, area, soft=mask_target == "soft", ignore_threshold=ignore)
+                for p in predictions]
 
     def explain_pseudo_labels(self, images: list[torch.Tensor], thresholds: dict) -> list[dict]:
         """Every detection of ``predict`` with its pseudo-label decision (``pseudo_label_decisions``)."""
@@ -286,12 +340,13 @@ class MaskRCNNSegmenter(nn.Module):
 
 
 def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshold: float, min_area: int,
-                         soft: bool = False) -> dict:
+                         soft: bool = False, ignore_threshold: float | None = None) -> dict:
     """Training targets from one image's detections: confident, binarised, large enough.
 
     Keeps detections with score > ``score_threshold``; the mask is probability > ``mask_threshold``;
     masks under ``min_area`` pixels are dropped; boxes are re-derived from the kept masks. With ``soft``
-    the kept masks are the probabilities themselves (float), the rest unchanged.
+    the kept masks are the probabilities themselves (float), the rest unchanged. With ``ignore_threshold``,
+    the boxes of the detections scoring above it but not above ``score_threshold`` are ``ignore_boxes``.
     """
     keep = prediction["scores"] > score_threshold
     probabilities = prediction["masks"][keep]
@@ -300,7 +355,11 @@ def filter_pseudo_labels(prediction: dict, score_threshold: float, mask_threshol
     large = binary.flatten(1).sum(1) >= max(min_area, 1)
     binary, labels, probabilities = binary[large], labels[large], probabilities[large]
     masks = probabilities.float() if soft else binary.to(torch.uint8)
-    return {"boxes": mask_boxes(binary), "labels": labels, "masks": masks}
+    targets = {"boxes": mask_boxes(binary), "labels": labels, "masks": masks}
+    if ignore_threshold is not None:
+        uncertain = (prediction["scores"] > ignore_threshold) & ~keep
+        targets["ignore_boxes"] = prediction["boxes"][uncertain]
+    return targets
 
 
 
