@@ -80,7 +80,7 @@ def test_summary_takes_the_better_of_student_and_ema_per_seed_then_averages():
 
 def test_a_recipe_moving_the_switch_shares_the_supervised_run_unless_standard_burnin_is_studied():
     plain = study.run_config("shapes", "mask_rcnn_tiny", [], 0)
-    later = study.run_config("shapes", "mask_rcnn_tiny", [{"train": {"burn_in": 220}}], 0)
+    later = study.run_config("shapes", "mask_rcnn_tiny", [{"train": {"burn_in": 100}}], 0)
 
     def supervised_part(config, standard_burnin):
         shared = study.supervised_config(config, plain, standard_burnin)
