@@ -88,6 +88,15 @@ def weighted_unlabeled_loss(terms: dict[str, torch.Tensor], kinds: dict[str, str
     return total
 
 
+def taught_views(strong: list, pseudo: list[dict], empty_images: str) -> tuple[list, list[dict]]:
+    """The strong views the unlabelled loss teaches, with their pseudo-labels: all of them, or
+    (``train.pseudo_label.empty_images: skip``) those whose teacher kept at least one pseudo-label."""
+    if empty_images == "background":
+        return strong, pseudo
+    kept = [i for i, target in enumerate(pseudo) if len(target["labels"])]
+    return [strong[i] for i in kept], [pseudo[i] for i in kept]
+
+
 def binarised(targets: list[dict], mask_threshold: float) -> list[dict]:
     """Pseudo-labels with float (soft) masks binarised at ``mask_threshold``, e.g. to measure their quality."""
     return [{**target, "masks": (target["masks"] > mask_threshold).to(torch.uint8)}
@@ -233,7 +242,9 @@ class Trainer:
             weak, _ = distributed.to_device(weak, [], self.world.device)
             strong, _ = distributed.to_device(strong, [], self.world.device)
             pseudo, per_image, quality = self._pseudo_label([to_float(view) for view in weak], infos)
-            groups.append(([to_float(view) for view in strong], pseudo))
+            strong, pseudo = taught_views(strong, pseudo, train["pseudo_label"]["empty_images"])
+            if pseudo:
+                groups.append(([to_float(view) for view in strong], pseudo))
         with autocast(self.student, train):
             supervised, *unsupervised_losses = self.student_losses(groups)
         terms = {f"loss_supervised/{k}": v for k, v in supervised.items()}
@@ -241,12 +252,15 @@ class Trainer:
         loss = loss_supervised
         record = {"loss_supervised": loss_supervised.item()}
         if phase is not None:
-            unsupervised = unsupervised_losses[0]
-            terms.update({f"loss_unsupervised/{k}": v for k, v in unsupervised.items()})
-            loss_unsupervised = weighted_unlabeled_loss(unsupervised, self.student.loss_kinds,
-                                                        train["unlabeled_loss_weights"])
-            loss = loss + train["unlabeled_weight"] * loss_unsupervised
-            record.update(loss_unsupervised=loss_unsupervised.item(), pseudo_labels_per_image=per_image, **quality)
+            loss_unsupervised = loss_supervised.new_zeros(())
+            if unsupervised_losses:
+                unsupervised = unsupervised_losses[0]
+                terms.update({f"loss_unsupervised/{k}": v for k, v in unsupervised.items()})
+                loss_unsupervised = weighted_unlabeled_loss(unsupervised, self.student.loss_kinds,
+                                                            train["unlabeled_loss_weights"])
+                loss = loss + train["unlabeled_weight"] * loss_unsupervised
+            record.update(loss_unsupervised=loss_unsupervised.item(), pseudo_labels_per_image=per_image,
+                          unlabeled_images_taught=len(pseudo), **quality)
         nonfinite = not all(torch.isfinite(value) for value in terms.values())
         if train["on_nonfinite"] == "skip" and distributed.any_rank(nonfinite, self.world):
             record = self._skip_update(step, terms)

@@ -23,7 +23,7 @@ from gdis.models.mask_rcnn import (
     resize_float_masks,
 )
 from gdis.splits import write_split
-from gdis.trainer import binarised, weighted_unlabeled_loss
+from gdis.trainer import binarised, taught_views, weighted_unlabeled_loss
 from tests.conftest import REPO, split_trainer
 
 BASE = {"dataset": {"name": "x", "source": "synthetic"}, "model": {"min_size": [64], "test_size": 64}}
@@ -299,6 +299,34 @@ def test_guided_steps_without_the_mask_term_and_with_soft_masks(micro_config, sp
     assert soft["loss_unsupervised/loss_classifier"] == default["loss_unsupervised/loss_classifier"]
     assert soft["loss_unsupervised/loss_mask"] != default["loss_unsupervised/loss_mask"]
     assert soft["pseudo_label_precision"] == default["pseudo_label_precision"]  # measured on the binarised masks
+
+
+def test_images_without_pseudo_labels_are_background_or_left_out():
+    strong = ["a", "b", "c"]
+    pseudo = [{"labels": torch.tensor([1])}, {"labels": torch.zeros(0, dtype=torch.int64)}, {"labels": torch.tensor([2, 1])}]
+    assert taught_views(strong, pseudo, "background") == (strong, pseudo)
+    assert taught_views(strong, pseudo, "skip") == (["a", "c"], [pseudo[0], pseudo[2]])
+
+
+def test_a_teacher_keeping_nothing_teaches_background_or_nothing(micro_config, split_dir, micro_dataset, tmp_path):
+    torch.set_num_threads(1)
+    images = micro_dataset / "train"
+    split_trainer(micro_config, "supervised", split_dir, images, tmp_path / "sup").run()
+    first = {}
+    for empty_images in ("background", "skip"):
+        # a teacher of 4 steps is far from this sure of anything: it keeps no pseudo-label on any image
+        train = {"pseudo_label": {"score_threshold": 0.9999, "empty_images": empty_images}}
+        config = validate_config(deep_merge(micro_config, {"train": train}))
+        trainer = split_trainer(config, "guided_distillation", split_dir, images, tmp_path / empty_images,
+                                teacher=tmp_path / "sup" / "model_final.pt")
+        trainer.run()
+        first[empty_images] = trainer.log_records[0]
+    background, skip = first["background"], first["skip"]
+    assert background["pseudo_labels_per_image"] == skip["pseudo_labels_per_image"] == 0
+    assert background["loss_unsupervised"] > 0 and background["unlabeled_images_taught"] > 0
+    assert skip["loss_unsupervised"] == 0 and skip["unlabeled_images_taught"] == 0
+    assert not any(name.startswith("loss_unsupervised/") for name in skip)
+    assert skip["loss"] == pytest.approx(skip["loss_supervised"])
 
 
 # -- where Mask R-CNN pastes its masks ----------------------------------------------------------------------
