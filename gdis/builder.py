@@ -92,6 +92,10 @@ def build_run(config: dict, method: str, files: RunFiles, world: distributed.Wor
     train = config["train"]
     entry = distill.method_of(method)
     distributed.check_batch_sizes(train, world, with_unlabeled=entry.distills)
+    if entry.distills and train["pseudo_label"]["empty_images"] == "skip" and world.size > 1:
+        raise ValueError("train.pseudo_label.empty_images: 'skip' runs on one process only: a process whose "
+                         "unlabelled images all lack pseudo-labels would leave out the loss the others compute, and "
+                         "with it Mask2Former's instance count, which the processes reduce together; use 'background'")
     if files.teacher and not entry.needs_teacher:
         raise ValueError(f"--teacher is for methods that start from a pre-trained teacher, not {method}")
     if entry.needs_teacher and not files.teacher:

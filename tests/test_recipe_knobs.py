@@ -329,6 +329,17 @@ def test_a_teacher_keeping_nothing_teaches_background_or_nothing(micro_config, s
     assert skip["loss"] == pytest.approx(skip["loss_supervised"])
 
 
+def test_skipping_images_is_refused_for_several_processes(micro_config, split_dir, micro_dataset, tmp_path):
+    from gdis.builder import RunFiles, build_run
+    from gdis.distributed import World
+
+    config = validate_config(deep_merge(micro_config, {"train": {"pseudo_label": {"empty_images": "skip"}}}))
+    files = RunFiles(labeled=split_dir / "labeled.json", unlabeled=split_dir / "unlabeled.json",
+                     images=micro_dataset / "train", teacher=tmp_path / "teacher.pt")
+    with pytest.raises(ValueError, match="train.pseudo_label.empty_images"):
+        build_run(config, "guided_distillation", files, World(rank=0, size=2))
+
+
 # -- where Mask R-CNN pastes its masks ----------------------------------------------------------------------
 def _ellipse(size: int, top: int, left: int, height: int, width: int) -> torch.Tensor:
     rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
