@@ -90,3 +90,28 @@ def test_a_recipe_moving_the_switch_shares_the_supervised_run_unless_standard_bu
     # standard burn-in continues the supervised run from its burn_in.pt: the switch is then part of the run
     assert supervised_part(later, standard_burnin=True) != supervised_part(plain, standard_burnin=True)
     assert study.supervised_config(later, plain, False)["train"]["lr"] == later["train"]["lr"]
+
+
+def test_the_aim_is_gap_closure_unless_the_gap_is_small_then_not_losing():
+    assert study.meets_aim(12.0, 10.0, 18.0)  # 25 % of an 8 AP gap
+    assert not study.meets_aim(11.9, 10.0, 18.0)
+    assert study.meets_aim(9.5, 10.0, 11.5)  # gap 1.5 AP: losing 0.5 is allowed ...
+    assert not study.meets_aim(9.4, 10.0, 11.5)  # ... 0.6 is not
+    assert not study.meets_aim(35.0, 36.6, 35.8)  # supervised above its 100 % row: only not losing counts
+
+
+def test_summary_counts_seeds_meeting_the_aim_and_those_without_a_gap():
+    table = []
+    # seed 0: gap 10, closes 30 %; seed 1: supervised above its 100 % row and guided 1.5 AP below it
+    for seed, (supervised, full, student, ema) in enumerate([(10.0, 20.0, 13.0, 12.0), (36.0, 35.0, 34.5, 34.0)]):
+        table += [_row(seed, 10.0, "supervised", "student", supervised),
+                  _row(seed, 100.0, "supervised", "student", full),
+                  _row(seed, 10.0, "guided_distillation", "student", student),
+                  _row(seed, 10.0, "guided_distillation", "ema_teacher", ema)]
+    [entry] = study.summary(table)
+    assert entry["meets_aim"] == (1, 2)
+    assert entry["seeds_with_gap"] == 1
+    assert entry["closure"][0] == pytest.approx(0.3)
+    assert entry["difference"][0] == pytest.approx((3.0 - 1.5) / 2)
+    [line] = [line for line in study.markdown([], [entry], "t").splitlines() if line.startswith("| d | n |")]
+    assert "| 0.8 ± 3.2 | 30 % (1 of 2 seeds) | 1 of 2 |" in line
