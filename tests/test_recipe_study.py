@@ -63,14 +63,19 @@ def _row(seed, percent, method, model, ap, recipe="r"):
             "model": model, "mask_AP": ap, "mask_AP75": ap / 2}
 
 
-def test_summary_takes_the_better_of_student_and_ema_per_seed_then_averages():
+def _seeds_table(percent, per_seed):
+    """Rows of a study: per seed, (supervised at percent, supervised at 100 %, guided student, guided EMA)."""
     table = []
-    for seed, (supervised, full, student, ema) in enumerate([(10.0, 20.0, 12.0, 13.0), (12.0, 20.0, 15.0, 14.0)]):
-        table += [_row(seed, 5.0, "supervised", "student", supervised),
+    for seed, (supervised, full, student, ema) in enumerate(per_seed):
+        table += [_row(seed, percent, "supervised", "student", supervised),
                   _row(seed, 100.0, "supervised", "student", full),
-                  _row(seed, 5.0, "guided_distillation", "student", student),
-                  _row(seed, 5.0, "guided_distillation", "ema_teacher", ema)]
-    [entry] = study.summary(table)
+                  _row(seed, percent, "guided_distillation", "student", student),
+                  _row(seed, percent, "guided_distillation", "ema_teacher", ema)]
+    return table
+
+
+def test_summary_takes_the_better_of_student_and_ema_per_seed_then_averages():
+    [entry] = study.summary(_seeds_table(5.0, [(10.0, 20.0, 12.0, 13.0), (12.0, 20.0, 15.0, 14.0)]))
     assert [s["closure"] for s in entry["per_seed"]] == pytest.approx([0.3, 0.375])
     mean, std = entry["closure"]
     assert mean == pytest.approx(0.3375) and std == pytest.approx(0.053033, abs=1e-6)
@@ -101,14 +106,8 @@ def test_the_aim_is_gap_closure_unless_the_gap_is_small_then_not_losing():
 
 
 def test_summary_counts_seeds_meeting_the_aim_and_those_without_a_gap():
-    table = []
     # seed 0: gap 10, closes 30 %; seed 1: supervised above its 100 % row and guided 1.5 AP below it
-    for seed, (supervised, full, student, ema) in enumerate([(10.0, 20.0, 13.0, 12.0), (36.0, 35.0, 34.5, 34.0)]):
-        table += [_row(seed, 10.0, "supervised", "student", supervised),
-                  _row(seed, 100.0, "supervised", "student", full),
-                  _row(seed, 10.0, "guided_distillation", "student", student),
-                  _row(seed, 10.0, "guided_distillation", "ema_teacher", ema)]
-    [entry] = study.summary(table)
+    [entry] = study.summary(_seeds_table(10.0, [(10.0, 20.0, 13.0, 12.0), (36.0, 35.0, 34.5, 34.0)]))
     assert entry["meets_aim"] == (1, 2)
     assert entry["seeds_with_gap"] == 1
     assert entry["closure"][0] == pytest.approx(0.3)
