@@ -78,9 +78,9 @@ def test_stages_run_the_workflow_commands_with_the_keys_they_read(monkeypatch):
     network = "config/networks/mask_rcnn_tiny.yaml"
     assert stages["split-micro-25-1"]["params"] == [{"config/config.yaml": ["splits.seed", "splits.unlabeled"]}]
     assert stages["train_supervised-micro-mask_rcnn_tiny-25-1"]["params"] == [
-        {"config/config.yaml": ["model", "train"]}, {network: ["model"]}, {MICRO: ["model", "train"]}]
+        {"config/config.yaml": ["model", "train"]}, {network: ["model", "train"]}, {MICRO: ["model", "train"]}]
     assert stages["evaluate-micro-mask_rcnn_tiny-supervised-25-1"]["params"] == [
-        {"config/config.yaml": ["model", "evaluate", "train.pseudo_label"]}, {network: ["model"]},
+        {"config/config.yaml": ["model", "evaluate", "train.pseudo_label"]}, {network: ["model", "train.pseudo_label"]},
         {MICRO: ["model", "evaluate", "train.pseudo_label"]}]
     assert "params" not in stages["table-micro"]  # reads no config, only the metrics files it is given
     evaluate = stages["evaluate-micro-mask_rcnn_tiny-guided_distillation-25-1"]
